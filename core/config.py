@@ -1,0 +1,170 @@
+"""The one configuration object, validated when it is made.
+
+Every knob of DESIGN §6 lives here with its default. A bad value raises
+:class:`~wslifecycle.ConfigError` naming the field and the reason, at
+construction: nothing runs with a config that could not work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Callable, Iterable
+
+from .exceptions import ConfigError
+
+__all__ = ["Config", "HeartbeatMode", "OriginValidator"]
+
+KiB = 1024
+MiB = 1024 * 1024
+
+#: ``validator(origin, host) -> allowed``. ``origin`` is None when the request
+#: had no Origin header; ``host`` is the Host header (None if absent).
+OriginValidator = Callable[[str | None, str | None], bool]
+
+
+class HeartbeatMode(enum.Enum):
+    """How liveness is probed (DESIGN §4)."""
+
+    #: RFC 6455 ping frames; proves the peer's TCP stack and WebSocket layer.
+    PROTOCOL = "protocol"
+    #: A JSON message the peer's application must echo; proves its event loop.
+    APPLICATION = "application"
+    #: Both probes, each with its own missed counter and the same bound.
+    BOTH = "both"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Every setting of a server, with the defaults of DESIGN §6.
+
+    Times are seconds (monotonic clock), sizes are bytes.
+    """
+
+    #: Seconds between two heartbeat probes of one connection.
+    heartbeat_interval: float = 30.0
+    #: Unanswered probes tolerated; one more interval without an answer terminates.
+    max_missed_pongs: int = 2
+    #: Protocol pings, JSON application heartbeats, or both.
+    heartbeat_mode: HeartbeatMode = HeartbeatMode.PROTOCOL
+    #: Count any inbound frame as proof of life (saves pings on busy connections).
+    activity_is_liveness: bool = False
+    #: A timer tick later than this (seconds) is a local stall: it blames no
+    #: peer and raises a ``loop_stall`` alert. ``None`` means
+    #: ``min(heartbeat_interval / 4, 5.0)``.
+    stall_threshold: float | None = None
+    #: If set, the proxy in front of the server reaps idle flows after this many
+    #: seconds; ``heartbeat_interval`` must then be below it.
+    proxy_idle_timeout: float | None = None
+
+    #: Largest message accepted, in bytes, counted across fragments (else 1009).
+    max_message_size: int = 1 * MiB
+    #: Most frames one message may span, empty ones included (else 1009).
+    max_fragments: int = 1024
+    #: Above this many buffered outbound bytes, non-critical sends are skipped.
+    write_buffer_guard: int = 1 * MiB
+
+    #: Seconds from accepting the TCP connection to a completed upgrade.
+    handshake_timeout: float = 10.0
+    #: Seconds from starting to close to CLOSED; then the socket is terminated.
+    close_timeout: float = 10.0
+    #: Seconds a server drain waits before terminating what is still open.
+    drain_timeout: float = 10.0
+
+    #: Origins allowed in addition to the request's own Host ("scheme://host[:port]").
+    allowed_origins: frozenset[str] = frozenset()
+    #: Accept requests with no Origin header (non-browser clients). Off by default.
+    allow_no_origin: bool = False
+    #: Replaces the allowlist check when given (see :data:`OriginValidator`).
+    origin_validator: OriginValidator | None = None
+
+    #: Negotiate permessage-deflate (inflation stays bounded by max_message_size).
+    compression: bool = False
+
+    def __post_init__(self) -> None:
+        _positive_number("heartbeat_interval", self.heartbeat_interval)
+        _int_at_least("max_missed_pongs", self.max_missed_pongs, 1)
+        if not isinstance(self.heartbeat_mode, HeartbeatMode):
+            raise ConfigError(
+                "heartbeat_mode",
+                f"must be a HeartbeatMode ({', '.join(m.value for m in HeartbeatMode)}),"
+                f" got {self.heartbeat_mode!r}",
+            )
+        _bool("activity_is_liveness", self.activity_is_liveness)
+        if self.stall_threshold is not None:
+            _positive_number("stall_threshold", self.stall_threshold)
+            if self.stall_threshold >= self.heartbeat_interval:
+                raise ConfigError(
+                    "stall_threshold",
+                    f"must be below heartbeat_interval ({self.heartbeat_interval} s),"
+                    f" got {self.stall_threshold}",
+                )
+        if self.proxy_idle_timeout is not None:
+            _positive_number("proxy_idle_timeout", self.proxy_idle_timeout)
+            if self.heartbeat_interval >= self.proxy_idle_timeout:
+                raise ConfigError(
+                    "heartbeat_interval",
+                    f"must stay below proxy_idle_timeout ({self.proxy_idle_timeout} s)"
+                    f" or the proxy reaps idle connections first, got"
+                    f" {self.heartbeat_interval}",
+                )
+        _int_at_least("max_message_size", self.max_message_size, 1)
+        _int_at_least("max_fragments", self.max_fragments, 1)
+        _int_at_least("write_buffer_guard", self.write_buffer_guard, 0)
+        _positive_number("handshake_timeout", self.handshake_timeout)
+        _positive_number("close_timeout", self.close_timeout)
+        _positive_number("drain_timeout", self.drain_timeout)
+        origins: object = self.allowed_origins  # checked as given, whatever its type
+        if isinstance(origins, str) or not isinstance(origins, Iterable):
+            raise ConfigError(
+                "allowed_origins", f"must be a set of origin strings, got {origins!r}"
+            )
+        normalised = frozenset(_origin("allowed_origins", o) for o in origins)
+        object.__setattr__(self, "allowed_origins", normalised)
+        _bool("allow_no_origin", self.allow_no_origin)
+        if self.origin_validator is not None and not callable(self.origin_validator):
+            raise ConfigError("origin_validator", "must be callable(origin, host) -> bool")
+        _bool("compression", self.compression)
+
+    @property
+    def effective_stall_threshold(self) -> float:
+        """The stall threshold in force: the configured one or the default."""
+        if self.stall_threshold is not None:
+            return self.stall_threshold
+        return min(self.heartbeat_interval / 4, 5.0)
+
+    @property
+    def detection_bound(self) -> float:
+        """Seconds from a peer's last sign of life to its termination, at most,
+        before timer slack: ``(max_missed_pongs + 1) × heartbeat_interval``."""
+        return (self.max_missed_pongs + 1) * self.heartbeat_interval
+
+    def replace(self, **changes: object) -> Config:
+        """A copy with some fields changed, validated like a new one."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _positive_number(field: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(field, f"must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(field, f"must be a finite number above 0, got {value!r}")
+
+
+def _int_at_least(field: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(field, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(field, f"must be at least {minimum}, got {value}")
+
+
+def _bool(field: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(field, f"must be True or False, got {value!r}")
+
+
+def _origin(field: str, value: object) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigError(field, f"each origin must look like 'https://host[:port]', got {value!r}")
+    return value.rstrip("/").lower()

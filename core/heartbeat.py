@@ -1,0 +1,101 @@
+"""The liveness rule (DESIGN §4), in one place.
+
+Each connection is due once per ``heartbeat_interval``, at its own phase.
+When it is due, :func:`decide` says what happens:
+
+* **STALL**: the tick came later than ``stall_threshold``; the server, not the
+  peer, was late. Nobody is charged a miss or terminated; the connection
+  waits for its next slot.
+* **TIMEOUT**: ``max_missed_pongs`` probes are unanswered *and* the latest
+  one has been out for a full interval: terminate.
+* **DEFER**: the threshold is reached but the latest probe went out late (the
+  previous tick was late), so the peer has not yet had one full interval to
+  answer. Look again when it has. This is what keeps a peer that answers
+  within one interval safe even when ticks jitter; it delays a timeout by at
+  most the jitter.
+* **QUIET**: with ``activity_is_liveness``, the peer sent something since its
+  last slot. No probe is sent, but a miss is still counted, so the detection
+  bound is unchanged. Only allowed while the count stays below the
+  threshold, so nobody is ever terminated without a real probe.
+* **PROBE**: count a miss first (the pong, if it comes, resets it), then
+  send the probe.
+
+Bound: a peer silent from t0 is probed at its slots p1 ≤ t0 + I, p2, ...;
+the count reaches ``max_missed`` at p_max and the peer is terminated at
+p_(max+1) ≤ t0 + (max_missed + 1) × I, plus the lateness of that last tick.
+A peer whose answers come back within one interval of each probe is reset
+before any tick can find the count at the threshold with a probe a full
+interval old, so it is never terminated.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+
+__all__ = ["Decision", "decide", "heartbeat_echo_id", "heartbeat_text"]
+
+
+class Decision(enum.Enum):
+    """What a due connection's heartbeat does now."""
+
+    PROBE = "probe"
+    QUIET = "quiet"
+    DEFER = "defer"
+    TIMEOUT = "timeout"
+    STALL = "stall"
+
+
+def decide(
+    *,
+    now: float,
+    missed: int,
+    last_probe_at: float,
+    interval: float,
+    max_missed: int,
+    stalled: bool,
+    active_since_due: bool,
+) -> Decision:
+    """The heartbeat decision for one due connection (see the module docstring).
+
+    ``missed`` is the larger of the pong and echo counters; ``last_probe_at``
+    is when the latest real probe went out (``-inf`` if none has).
+    """
+    if stalled:
+        return Decision.STALL
+    if missed >= max_missed:
+        # Compared as a sum, not a difference, so that DEFER's new deadline
+        # (last_probe_at + interval) is always strictly later than now.
+        if now < last_probe_at + interval:
+            return Decision.DEFER
+        return Decision.TIMEOUT
+    if active_since_due and missed + 1 < max_missed:
+        return Decision.QUIET
+    return Decision.PROBE
+
+
+# The JSON application heartbeat: the server sends it, the peer echoes it as is.
+_HEARTBEAT_PREFIX = '{"type":"heartbeat","id":"'
+
+
+def heartbeat_text(probe_id: str) -> str:
+    """The application heartbeat message for one probe."""
+    return f'{_HEARTBEAT_PREFIX}{probe_id}"}}'
+
+
+def heartbeat_echo_id(data: str | bytes) -> str | None:
+    """The probe id if ``data`` is an echo of an application heartbeat, else None.
+
+    Cheap for ordinary traffic: only text that mentions "heartbeat" is parsed.
+    Any JSON object with ``"type": "heartbeat"`` counts, whatever its spacing.
+    """
+    if not isinstance(data, str) or '"heartbeat"' not in data:
+        return None
+    try:
+        decoded = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(decoded, dict) or decoded.get("type") != "heartbeat":
+        return None
+    probe_id = decoded.get("id")
+    return probe_id if isinstance(probe_id, str) else ""

@@ -1,0 +1,6 @@
+"""I/O drivers that bind the sans-IO core to real sockets.
+
+Each driver only reads bytes, feeds them with ``now``, writes what comes out,
+delivers messages to the application and arms ONE timer for the earliest
+deadline of all its connections (DESIGN §2). Everything else is in the core.
+"""
