@@ -1,0 +1,302 @@
+"""Scheduler: one heap of deadlines for every connection, stall detection,
+server drain, and the spreading of heartbeat phases."""
+
+from __future__ import annotations
+
+from collections.abc import Set
+
+import pytest
+
+from wslifecycle import (
+    AlertKind,
+    Config,
+    ConnectionLifecycle,
+    HeartbeatMode,
+    Metrics,
+    Scheduler,
+    State,
+    TerminationCause,
+)
+from wslifecycle.actions import Alert, CloseTransport, SendClose, StateChanged, Terminate
+from wslifecycle.testing import seeded_entropy
+
+from .conftest import MakeScheduler
+
+GOLDEN = 0.6180339887498949
+
+
+def accept(scheduler: Scheduler, now: float) -> ConnectionLifecycle:
+    """Open and upgrade a connection at ``now``; its actions are taken."""
+    lifecycle = scheduler.open(now)
+    assert lifecycle.request_upgrade(now, origin=None, host="localhost")
+    lifecycle.take_actions()
+    return lifecycle
+
+
+def state_of(lifecycle: ConnectionLifecycle) -> State:
+    """The state, read through a call so mypy does not keep an earlier narrowing."""
+    return lifecycle.state
+
+
+def test_open_registers_a_connection_with_its_handshake_deadline(scheduler: Scheduler) -> None:
+    """open() makes an OPEN lifecycle, counts it and makes its deadline the next one."""
+    assert scheduler.next_deadline() is None
+    assert len(scheduler) == 0
+    lc = scheduler.open(2.0)
+    assert lc.state is State.OPEN
+    assert len(scheduler) == 1
+    assert lc in scheduler.connections
+    assert scheduler.next_deadline() == 12.0
+    assert scheduler.metrics.connections[State.OPEN] == 1
+
+
+def test_ids_come_from_the_entropy(make_scheduler: MakeScheduler) -> None:
+    """Connection ids are drawn from the injected entropy, in order."""
+    entropy = seeded_entropy(1)
+    expected = [entropy.connection_id() for _ in range(3)]
+    scheduler = make_scheduler()
+    assert [scheduler.open(0.0).id for _ in range(3)] == expected
+
+
+def test_tick_with_nothing_due_returns_nothing(scheduler: Scheduler) -> None:
+    """A tick with nothing due (empty, or too early) runs nobody and observes no lag."""
+    assert scheduler.tick(100.0) == []
+    lc = scheduler.open(0.0)
+    assert scheduler.tick(9.999) == []
+    assert lc.state is State.OPEN
+    assert scheduler.metrics.snapshot().loop_lag.count == 0
+    assert scheduler.take_alerts() == []
+
+
+def test_tick_runs_every_due_connection_in_deadline_order(scheduler: Scheduler) -> None:
+    """A tick runs the connections due at or before now, earliest first, and no others."""
+    late = scheduler.open(2.0)
+    early = scheduler.open(0.0)
+    middle = scheduler.open(1.0)
+    assert scheduler.tick(11.0) == [early, middle]
+    assert early.state is State.CLOSED
+    assert middle.state is State.CLOSED
+    assert late.state is State.OPEN
+    lag = scheduler.metrics.snapshot().loop_lag
+    assert (lag.count, lag.total) == (1, 1.0)  # one tick, 1 s after the earliest deadline
+    assert scheduler.next_deadline() == 12.0
+    assert len(scheduler) == 1
+
+
+def test_next_deadline_skips_stale_entries(scheduler: Scheduler) -> None:
+    """Superseded deadlines (handshake after the upgrade, heartbeat after a close) are ignored."""
+    lc = accept(scheduler, 0.0)
+    slot = lc.deadline
+    assert slot is not None
+    assert scheduler.next_deadline() == slot  # the handshake entry at 10 s is stale
+    lc.close(1.0)
+    assert scheduler.next_deadline() == 11.0  # slot (6.18 s) and 10 s both stale now
+
+
+def test_tick_skips_stale_entries_below_now(scheduler: Scheduler) -> None:
+    """A stale entry that surfaces inside a tick is skipped, not run."""
+    due = scheduler.open(-1.0)  # deadline 9
+    gone = scheduler.open(0.0)  # deadline 10, made stale below
+    gone.transport_lost(1.0)
+    gone.take_actions()
+    assert scheduler.tick(10.5) == [due]
+    assert gone.take_actions() == []
+    assert scheduler.next_deadline() is None
+
+
+def test_loop_stall_alert(scheduler: Scheduler) -> None:
+    """A tick later than the stall threshold queues one loop_stall alert and blames nobody."""
+    lc = scheduler.open(0.0)
+    assert scheduler.config.effective_stall_threshold == 2.5
+    assert scheduler.tick(13.0) == [lc]
+    assert lc.state is State.OPEN  # the handshake timeout was not applied
+    assert lc.take_actions() == []
+    assert lc.deadline == 13.0 + 2.5
+    assert scheduler.take_alerts() == [
+        Alert(
+            AlertKind.LOOP_STALL,
+            None,
+            3.0,
+            "timer fired 3.000 s late; no peer was charged a missed heartbeat",
+        )
+    ]
+    assert scheduler.take_alerts() == []
+    assert scheduler.metrics.loop_stalls == 1
+    assert scheduler.metrics.snapshot().loop_lag.maximum == 3.0
+    # Once the backlog is read, the next on-time tick applies the timeout.
+    assert scheduler.tick(15.5) == [lc]
+    assert state_of(lc) is State.CLOSED
+
+
+def test_lag_equal_to_the_threshold_is_not_a_stall(scheduler: Scheduler) -> None:
+    """Exactly the stall threshold late is still on time."""
+    lc = scheduler.open(0.0)
+    scheduler.tick(12.5)
+    assert lc.state is State.CLOSED
+    assert scheduler.take_alerts() == []
+    assert scheduler.metrics.loop_stalls == 0
+
+
+def test_every_connection_of_a_stalled_tick_is_spared(scheduler: Scheduler) -> None:
+    """The stall is judged on the earliest deadline and applies to every connection of the tick."""
+    first = scheduler.open(0.0)
+    second = scheduler.open(2.0)
+    assert scheduler.tick(13.0) == [first, second]  # second is only 1 s late
+    assert first.state is State.OPEN
+    assert second.state is State.OPEN
+    assert len(scheduler.take_alerts()) == 1
+
+
+def test_begin_drain(scheduler: Scheduler) -> None:
+    """begin_drain refuses pending upgrades (503), closes active ones (1001), sets the deadline."""
+    before = (scheduler.draining, scheduler.drain_deadline, scheduler.drained)
+    assert before == (False, None, False)
+    pending = scheduler.open(0.0)
+    active = accept(scheduler, 0.0)
+    touched = scheduler.begin_drain(1.0)
+    assert set(touched) == {pending, active}
+    assert scheduler.draining
+    assert scheduler.drain_deadline == 11.0
+    assert pending.state is State.CLOSED
+    assert pending.cause is TerminationCause.SERVER_DRAINING
+    assert active.state is State.DRAINING
+    assert active.cause is TerminationCause.SERVER_DRAINING
+    assert not scheduler.drained
+    active.channels_released(1.0, buffered=0)
+    assert SendClose(1001, "server shutting down") in active.take_actions()
+    active.receive_close(1.2, 1001)
+    assert active.take_actions()[-1] == CloseTransport()
+    assert scheduler.drained
+
+
+def test_begin_drain_twice_keeps_the_first_deadline(scheduler: Scheduler) -> None:
+    """A second begin_drain does not push the deadline back and touches what is left."""
+    lc = accept(scheduler, 0.0)
+    scheduler.begin_drain(1.0)
+    lc.take_actions()
+    assert scheduler.begin_drain(5.0) == [lc]
+    assert scheduler.drain_deadline == 11.0
+    assert lc.take_actions() == []
+    assert lc.deadline == 11.0
+
+
+def test_new_connections_during_a_drain_are_refused(scheduler: Scheduler) -> None:
+    """While draining, open() still works and the upgrade is refused with 503."""
+    scheduler.begin_drain(0.0)
+    drained = [scheduler.drained]  # nothing was open
+    lc = scheduler.open(1.0)
+    drained.append(scheduler.drained)
+    assert lc.request_upgrade(1.0, origin=None, host="localhost") is False
+    drained.append(scheduler.drained)
+    assert drained == [True, False, True]
+
+
+def test_drain_deadline_terminates_stragglers(scheduler: Scheduler) -> None:
+    """What has not finished closing at the drain deadline is terminated."""
+    lc = accept(scheduler, 0.0)
+    scheduler.begin_drain(1.0)
+    lc.channels_released(1.0, buffered=0)  # close frame sent, peer never answers
+    lc.take_actions()
+    assert scheduler.tick(11.0) == [lc]
+    assert lc.take_actions() == [
+        StateChanged(lc.id, State.DRAINING, State.CLOSED, TerminationCause.SERVER_DRAINING),
+        Terminate(TerminationCause.DRAIN_DEADLINE),
+    ]
+    assert scheduler.drained
+
+
+def test_connections_is_a_read_only_set_view(scheduler: Scheduler) -> None:
+    """connections is a Set of the connections not yet CLOSED."""
+    a = scheduler.open(0.0)
+    b = accept(scheduler, 0.0)
+    view = scheduler.connections
+    assert isinstance(view, Set)
+    assert set(view) == {a, b}
+    b.transport_lost(1.0)
+    assert set(scheduler.connections) == {a}
+    assert len(scheduler) == 1
+
+
+def test_heap_is_compacted_when_stale_entries_pile_up(scheduler: Scheduler) -> None:
+    """Many connections opened and refused leave no unbounded pile of stale heap entries."""
+    for i in range(1000):
+        scheduler.open(float(i)).reject_upgrade(float(i), 400, "bad")
+    assert len(scheduler) == 0
+    assert len(scheduler._heap) <= 65  # compaction keeps it near 2 × live + 64
+    assert scheduler.next_deadline() is None
+
+
+def test_compaction_keeps_live_deadlines(scheduler: Scheduler) -> None:
+    """Compaction drops only stale entries: live connections still fire on time."""
+    live = [scheduler.open(0.0) for _ in range(10)]
+    for i in range(500):
+        scheduler.open(1.0).transport_lost(1.0 + i / 1000)
+    assert len(scheduler._heap) <= 2 * len(live) + 65
+    assert scheduler.next_deadline() == 10.0
+    assert scheduler.tick(10.0) == live
+    assert all(lc.state is State.CLOSED for lc in live)
+
+
+@pytest.mark.parametrize("now", [0.0, 0.1, 3.7, 9.99, 100.0, 12345.678, 1e6 + 0.5])
+def test_first_heartbeat_slot_lies_within_one_interval(scheduler: Scheduler, now: float) -> None:
+    """Each accepted connection's first heartbeat is in (now, now + interval]."""
+    for _ in range(20):
+        lc = accept(scheduler, now)
+        assert lc.deadline is not None
+        assert now < lc.deadline <= now + 10.0
+
+
+def test_first_heartbeat_slot_on_the_phase_itself_is_one_interval_away(
+    scheduler: Scheduler,
+) -> None:
+    """Accepted exactly at its phase, a connection waits a full interval, not zero."""
+    phase = (1 * GOLDEN) % 1.0 * 10.0
+    lc = scheduler.open(0.0)
+    lc.request_upgrade(phase, origin=None, host="localhost")
+    assert lc.deadline == phase + 10.0
+
+
+def test_first_heartbeats_are_spread_over_the_interval(scheduler: Scheduler) -> None:
+    """Ten connections accepted at once get one first ping in each tenth of the interval."""
+    slots = [accept(scheduler, 0.0).deadline for _ in range(10)]
+    assert sorted(int(slot) for slot in slots if slot is not None) == list(range(10))
+
+
+def test_each_connection_keeps_its_phase(scheduler: Scheduler) -> None:
+    """Slots repeat every interval at the connection's own phase."""
+    lc = accept(scheduler, 0.0)
+    first = lc.deadline
+    assert first is not None
+    for k in range(1, 5):
+        scheduler.tick(first + 10.0 * (k - 1))
+        lc.receive_pong(first + 10.0 * (k - 1))  # keep it alive
+        assert lc.deadline == pytest.approx(first + 10.0 * k)
+    assert lc.state is State.ACTIVE
+
+
+def test_a_given_metrics_object_is_used() -> None:
+    """Several schedulers may share one Metrics."""
+    metrics = Metrics()
+    config = Config(allow_no_origin=True)
+    Scheduler(config, seeded_entropy(1), metrics=metrics).open(0.0)
+    other = Scheduler(config, seeded_entropy(2), metrics=metrics)
+    other.open(0.0)
+    assert other.metrics is metrics
+    assert metrics.connections[State.OPEN] == 2
+
+
+@pytest.mark.parametrize(
+    ("mode", "protocol", "application"),
+    [
+        (HeartbeatMode.PROTOCOL, True, False),
+        (HeartbeatMode.APPLICATION, False, True),
+        (HeartbeatMode.BOTH, True, True),
+    ],
+)
+def test_heartbeat_flags_follow_the_mode(
+    make_scheduler: MakeScheduler, mode: HeartbeatMode, protocol: bool, application: bool
+) -> None:
+    """protocol_heartbeat / app_heartbeat say which probes the mode sends."""
+    scheduler = make_scheduler(heartbeat_mode=mode)
+    assert scheduler.protocol_heartbeat is protocol
+    assert scheduler.app_heartbeat is application
