@@ -51,6 +51,8 @@ class TerminationCause(enum.Enum):
     SLOW_CONSUMER = "slow_consumer"
     #: The server is at its connection limit (HTTP 503 or close 1013).
     CONNECTION_LIMIT = "connection_limit"
+    #: A plain HTTP request (``/healthz``, ``/metrics``) was answered, then closed.
+    PLAIN_HTTP = "plain_http"
     #: The TCP connection ended under us (EOF, reset, or a socket error).
     TRANSPORT_LOST = "transport_lost"
 

@@ -63,8 +63,13 @@ def validate_close(code: int, reason: str) -> None:
             f"close code {code} may not be sent (RFC 6455 §7.4: use 1000-1003, "
             "1007-1014 or 3000-4999)"
         )
-    if len(reason.encode("utf-8")) > MAX_CLOSE_REASON_BYTES:
+    if not isinstance(reason, str):
+        raise InvalidCloseCode(f"close reason must be a str, got {reason!r}")
+    try:
+        size = len(reason.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidCloseCode("close reason is not encodable as UTF-8") from None
+    if size > MAX_CLOSE_REASON_BYTES:
         raise InvalidCloseCode(
-            f"close reason is {len(reason.encode('utf-8'))} bytes; "
-            f"RFC 6455 §5.5 allows {MAX_CLOSE_REASON_BYTES}"
+            f"close reason is {size} bytes; RFC 6455 §5.5 allows {MAX_CLOSE_REASON_BYTES}"
         )

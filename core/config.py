@@ -81,6 +81,16 @@ class Config:
 
     #: Negotiate permessage-deflate (inflation stays bounded by max_message_size).
     compression: bool = False
+    #: Subprotocols the server speaks, best first; the first one the client
+    #: also offers is selected (Sec-WebSocket-Protocol).
+    subprotocols: tuple[str, ...] = ()
+
+    #: Longest HTTP request line, in bytes (else 414).
+    max_request_line: int = 8 * KiB
+    #: Largest HTTP request head (request line and headers), in bytes (else 431).
+    max_header_bytes: int = 16 * KiB
+    #: Most header fields in an HTTP request (else 431).
+    max_headers: int = 64
 
     def __post_init__(self) -> None:
         _positive_number("heartbeat_interval", self.heartbeat_interval)
@@ -126,6 +136,23 @@ class Config:
         if self.origin_validator is not None and not callable(self.origin_validator):
             raise ConfigError("origin_validator", "must be callable(origin, host) -> bool")
         _bool("compression", self.compression)
+        protocols: object = self.subprotocols
+        if not isinstance(protocols, tuple) or not all(
+            isinstance(p, str) and p and p.isascii() and " " not in p and "," not in p
+            for p in protocols
+        ):
+            raise ConfigError(
+                "subprotocols", f"must be a tuple of non-empty tokens, got {protocols!r}"
+            )
+        _int_at_least("max_request_line", self.max_request_line, 16)
+        _int_at_least("max_header_bytes", self.max_header_bytes, 64)
+        _int_at_least("max_headers", self.max_headers, 4)
+        if self.max_request_line > self.max_header_bytes:
+            raise ConfigError(
+                "max_request_line",
+                f"must not exceed max_header_bytes ({self.max_header_bytes}),"
+                f" got {self.max_request_line}",
+            )
 
     @property
     def effective_stall_threshold(self) -> float:
@@ -166,6 +193,9 @@ def _bool(field: str, value: object) -> None:
 
 
 def _origin(field: str, value: object) -> str:
-    if not isinstance(value, str) or "://" not in value:
-        raise ConfigError(field, f"each origin must look like 'https://host[:port]', got {value!r}")
-    return value.rstrip("/").lower()
+    if isinstance(value, str):
+        normalised = value.strip().rstrip("/").lower()
+        scheme, sep, host = normalised.partition("://")
+        if sep and scheme and host and "/" not in host:
+            return normalised
+    raise ConfigError(field, f"each origin must look like 'https://host[:port]', got {value!r}")

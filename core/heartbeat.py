@@ -89,14 +89,15 @@ def heartbeat_text(probe_id: str) -> str:
 def heartbeat_echo_id(data: str | bytes) -> str | None:
     """The probe id if ``data`` is an echo of an application heartbeat, else None.
 
-    Cheap for ordinary traffic: only text that mentions "heartbeat" is parsed.
-    Any JSON object with ``"type": "heartbeat"`` counts, whatever its spacing.
+    Cheap for ordinary traffic: only a text JSON object that mentions
+    "heartbeat" is parsed. Any object with ``"type": "heartbeat"`` counts,
+    whatever its spacing. Never raises: this runs on peer input.
     """
-    if not isinstance(data, str) or '"heartbeat"' not in data:
+    if not isinstance(data, str) or '"heartbeat"' not in data or not data.lstrip().startswith("{"):
         return None
     try:
         decoded = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested peer input
         return None
     if not isinstance(decoded, dict) or decoded.get("type") != "heartbeat":
         return None

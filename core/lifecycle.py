@@ -169,6 +169,12 @@ class ConnectionLifecycle:
             raise ValueError(f"an upgrade refusal needs an HTTP error status, got {status}")
         self._reject(now, status, reason, TerminationCause.HANDSHAKE_REJECTED)
 
+    def serve_plain_http(self, now: float) -> None:
+        """The request was for a plain HTTP endpoint; it was answered: close."""
+        self._move(Input.PLAIN_HTTP, TerminationCause.PLAIN_HTTP)
+        self._actions.append(CloseTransport())
+        self._closed()
+
     def _reject(self, now: float, status: int, reason: str, cause: TerminationCause) -> None:
         self._move(Input.UPGRADE_REJECTED, cause)
         self._scheduler.metrics.handshakes_rejected[status] += 1
@@ -441,10 +447,12 @@ class ConnectionLifecycle:
             self._set_deadline(now + self._scheduler.config.effective_stall_threshold)
         elif state is OPEN:
             self._terminate(Input.HANDSHAKE_TIMEOUT, TerminationCause.HANDSHAKE_TIMEOUT)
-        elif state is DRAINING:
+        else:
+            assert state is DRAINING
+            drain_deadline = self._scheduler.drain_deadline
             cause = (
                 TerminationCause.DRAIN_DEADLINE
-                if self._scheduler.draining
+                if drain_deadline is not None and now >= drain_deadline
                 else TerminationCause.CLOSE_TIMEOUT
             )
             self._terminate(Input.CLOSE_TIMEOUT, cause)
@@ -567,17 +575,18 @@ class ConnectionLifecycle:
     # ---------------------------------------------------------------- internals
 
     def _move(self, input_: Input, cause: TerminationCause | None) -> State:
-        """Take the table's transition for ``input_``; record the first cause."""
+        """Take the table's transition for ``input_`` to a new state; record
+        the first cause; emit StateChanged."""
         previous = self.state
         state = next_state(previous, input_)
+        assert state is not previous  # self-transitions never come through here
         if cause is not None and self.cause is None:
             self.cause = cause
-        if state is not previous:
-            self.state = state
-            counts = self._scheduler.metrics.connections
-            counts[previous] -= 1
-            counts[state] += 1
-            self._actions.append(StateChanged(self.id, previous, state, self.cause))
+        self.state = state
+        counts = self._scheduler.metrics.connections
+        counts[previous] -= 1
+        counts[state] += 1
+        self._actions.append(StateChanged(self.id, previous, state, self.cause))
         return state
 
     def _begin_teardown(

@@ -50,6 +50,8 @@ class Histogram:
     def quantile(self, q: float) -> float:
         """Estimated ``q``-quantile (0..1): the upper bound of its bucket,
         clamped to the observed min and max. 0.0 when empty."""
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"a quantile is between 0 and 1, got {q}")
         if not self.count:
             return 0.0
         rank = q * self.count

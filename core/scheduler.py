@@ -69,7 +69,9 @@ class Scheduler:
         self._heap: list[tuple[float, int, ConnectionLifecycle]] = []
         self._counter = 0
         self._phases = 0
-        self._live: set[ConnectionLifecycle] = set()
+        # A dict, not a set: iteration (drain order) follows arrival order,
+        # so the same inputs give the same actions.
+        self._live: dict[ConnectionLifecycle, None] = {}
         self._alerts: list[Alert] = []
         self._drain_deadline: float | None = None
 
@@ -80,7 +82,7 @@ class Scheduler:
         handshake deadline armed. (While draining it is still opened, and its
         upgrade request is refused with 503.)"""
         lifecycle = ConnectionLifecycle(self, self.entropy.connection_id(), now)
-        self._live.add(lifecycle)
+        self._live[lifecycle] = None
         self.metrics.connections[State.OPEN] += 1
         return lifecycle
 
@@ -163,8 +165,8 @@ class Scheduler:
 
     @property
     def connections(self) -> Set[ConnectionLifecycle]:
-        """The connections not yet CLOSED (a read-only view)."""
-        return self._live
+        """The connections not yet CLOSED, in arrival order (a read-only view)."""
+        return self._live.keys()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -192,7 +194,7 @@ class Scheduler:
             self._compact()
 
     def _forget(self, lifecycle: ConnectionLifecycle) -> None:
-        self._live.discard(lifecycle)
+        self._live.pop(lifecycle, None)
 
     def _compact(self) -> None:
         """Drop stale entries (O(n), amortised over the pushes that made them)."""

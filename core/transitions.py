@@ -11,7 +11,8 @@ A server-side connection lives through four states, only ever forwards::
 
 * **OPEN**: TCP is accepted, the HTTP upgrade is not complete. The only timer
   is the handshake deadline (slowloris guard). The request is either accepted
-  (→ ACTIVE) or refused with an HTTP status (→ CLOSED).
+  (→ ACTIVE), refused with an HTTP status, or was a plain HTTP request that
+  is answered (→ CLOSED).
 * **ACTIVE**: messages flow. The only timer is the next heartbeat. Each
   heartbeat either probes (ping, JSON heartbeat) or, after ``max_missed_pongs``
   unanswered probes, terminates (→ CLOSED). The rule is in ``heartbeat.py``.
@@ -63,6 +64,7 @@ class Input(enum.Enum):
 
     UPGRADE_ACCEPTED = "upgrade_accepted"
     UPGRADE_REJECTED = "upgrade_rejected"
+    PLAIN_HTTP = "plain_http"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     PONG = "pong"
     MESSAGE = "message"
@@ -93,6 +95,7 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     # OPEN: the upgrade is pending.
     (OPEN, Input.UPGRADE_ACCEPTED): ACTIVE,
     (OPEN, Input.UPGRADE_REJECTED): CLOSED,
+    (OPEN, Input.PLAIN_HTTP): CLOSED,  # /healthz, /metrics: answered, then closed
     (OPEN, Input.HANDSHAKE_TIMEOUT): CLOSED,
     (OPEN, Input.DRAIN): CLOSED,  # refused with 503
     (OPEN, Input.TERMINATE): CLOSED,
@@ -126,7 +129,7 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     (DRAINING, Input.RELEASE_FAILED): DRAINING,  # close 1011 instead
     (DRAINING, Input.CLOSE_COMPLETE): CLOSED,
     (DRAINING, Input.CLOSE_TIMEOUT): CLOSED,  # terminate
-    (DRAINING, Input.HANDLER_ERROR): DRAINING,  # recorded, already closing
+    (DRAINING, Input.HANDLER_ERROR): DRAINING,  # already closing: nothing to add
     (DRAINING, Input.PROTOCOL_ERROR): CLOSED,  # misbehaving while closing: terminate
     (DRAINING, Input.DRAIN): DRAINING,
     (DRAINING, Input.TERMINATE): CLOSED,

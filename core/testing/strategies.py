@@ -31,7 +31,19 @@ sendable_close_codes = st.one_of(
 @st.composite
 def configs(draw: st.DrawFn, /, **fixed: Any) -> Config:
     """A valid Config; keyword arguments pin fields to a value."""
-    interval = draw(st.sampled_from([0.5, 1.0, 5.0, 30.0]) | st.floats(0.05, 120.0))
+    # The interval is drawn within what pinned fields allow, and the fields
+    # that depend on it are drawn from the final one.
+    if "heartbeat_interval" in fixed:
+        interval = fixed["heartbeat_interval"]
+    else:
+        stall = fixed.get("stall_threshold")
+        proxy = fixed.get("proxy_idle_timeout")
+        low = stall * 1.01 if stall else 0.05
+        high = proxy * 0.99 if proxy else 120.0
+        interval = draw(
+            st.sampled_from([0.5, 1.0, 5.0, 30.0]).filter(lambda i: low <= i <= high)
+            | st.floats(low, max(low, high))
+        )
     values: dict[str, Any] = {
         "heartbeat_interval": interval,
         "max_missed_pongs": draw(st.integers(1, 5)),

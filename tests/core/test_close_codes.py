@@ -135,3 +135,10 @@ def test_multibyte_reasons_fail_with_few_characters(reason: str) -> None:
     assert len(reason) < MAX_CLOSE_REASON_BYTES
     with pytest.raises(InvalidCloseCode, match=r"RFC 6455 §5\.5 allows 123"):
         validate_close(1000, reason)
+
+
+@pytest.mark.parametrize("reason", [b"bytes", 12, "\ud800"], ids=["bytes", "int", "surrogate"])
+def test_a_reason_that_is_not_sendable_text_is_refused(reason: object) -> None:
+    """A reason must be a str that encodes as UTF-8; anything else is a clear error."""
+    with pytest.raises(InvalidCloseCode):
+        validate_close(1000, reason)  # type: ignore[arg-type]

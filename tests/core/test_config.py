@@ -282,3 +282,21 @@ def test_replace_normalises_new_origins() -> None:
     assert Config().replace(allowed_origins={"WSS://X.Example/"}).allowed_origins == frozenset(
         {"wss://x.example"}
     )
+
+
+@pytest.mark.parametrize(
+    "protocols", [["chat"], ("",), ("has space",), ("a,b",), ("ünï",), (1,)], ids=repr
+)
+def test_subprotocols_must_be_a_tuple_of_tokens(protocols: object) -> None:
+    """subprotocols is a tuple of HTTP tokens (RFC 6455 §4.1)."""
+    with pytest.raises(ConfigError) as raised:
+        Config(subprotocols=protocols)  # type: ignore[arg-type]
+    assert raised.value.field == "subprotocols"
+
+
+def test_the_request_line_cap_fits_inside_the_head_cap() -> None:
+    """max_request_line cannot exceed max_header_bytes: the line is part of the head."""
+    with pytest.raises(ConfigError) as raised:
+        Config(max_request_line=4096, max_header_bytes=1024)
+    assert raised.value.field == "max_request_line"
+    assert Config(max_request_line=1024, max_header_bytes=1024).max_headers == 64

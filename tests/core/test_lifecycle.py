@@ -484,12 +484,6 @@ def test_messages_do_not_prove_life_by_default(
     assert active.missed_pongs == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="core bug: a peer's deeply nested JSON escapes receive_message as RecursionError"
-    " in APPLICATION/BOTH mode (DESIGN §3: peer misbehaviour never raises)",
-)
 def test_deeply_nested_message_never_raises(make_scheduler: MakeScheduler) -> None:
     """A 10 KB message of nested arrays mentioning "heartbeat" is delivered, not raised."""
     scheduler = make_scheduler(heartbeat_mode=HeartbeatMode.APPLICATION)
@@ -977,12 +971,6 @@ def test_drain_deadline_later_than_close_deadline_changes_nothing(
     assert lc.deadline == 11.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core bug: during a server drain every close timeout is reported as"
-    " DRAIN_DEADLINE, even when the drain deadline is still far away",
-)
 def test_close_timeout_during_a_drain_is_not_the_drain_deadline(
     make_scheduler: MakeScheduler,
 ) -> None:

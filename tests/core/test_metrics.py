@@ -166,3 +166,12 @@ def test_snapshot_is_independent_of_later_updates() -> None:
     assert after.connections[State.OPEN] == 2
     assert after.rtt.count == 2
     assert after != before
+
+
+@pytest.mark.parametrize("q", [-0.1, 1.5, float("nan")])
+def test_quantile_refuses_a_q_outside_zero_to_one(q: float) -> None:
+    """quantile(q) needs 0 ≤ q ≤ 1."""
+    metrics = Metrics()
+    metrics.observe_rtt(0.1)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        metrics.snapshot().rtt.quantile(q)

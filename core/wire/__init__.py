@@ -1,0 +1,23 @@
+"""The wire: bytes in, bytes out (DESIGN §2, second level). Still sans-IO.
+
+h11 parses the HTTP request; an upgrade is answered with wsproto's accept
+token and frames are parsed by wsproto's decoders; a plain request
+(``/healthz``, ``/metrics``) is answered over HTTP. Every size limit is
+enforced here; every decision about the connection is the lifecycle's.
+"""
+
+from __future__ import annotations
+
+from .connection import HttpReply, PlainResponder, ReleaseHook, ServerConnection, health_responder
+from .http import HTTP_ENDPOINTS, HttpRequest, UpgradeRequest
+
+__all__ = [
+    "HTTP_ENDPOINTS",
+    "HttpReply",
+    "HttpRequest",
+    "PlainResponder",
+    "ReleaseHook",
+    "ServerConnection",
+    "UpgradeRequest",
+    "health_responder",
+]

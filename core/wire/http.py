@@ -1,0 +1,270 @@
+"""The HTTP request that opens every connection, parsed by h11 and judged here.
+
+:class:`RequestReader` takes the first bytes of a connection and returns one
+verdict: a WebSocket upgrade to accept (the origin is judged later, by the
+lifecycle), a plain request for an HTTP endpoint (``/healthz``,
+``/metrics``), or a refusal with its status (RFC 6455 §4.2.1, RFC 9110):
+
+=====  ===========================================================
+400    malformed HTTP, HTTP/1.0, a missing or bad Sec-WebSocket-Key,
+       a body on an upgrade request
+405    an upgrade request whose method is not GET (``Allow: GET``)
+414    a request line longer than ``max_request_line``
+426    a WebSocket path without the upgrade headers, or a version other
+       than 13 (``Upgrade: websocket``, ``Sec-WebSocket-Version: 13``)
+431    a head larger than ``max_header_bytes`` or with more than
+       ``max_headers`` fields, checked even when it arrived in one read
+=====  ===========================================================
+
+403 (origin) and 503 (draining) are the lifecycle's decisions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+
+import h11
+
+from ..config import Config
+
+__all__ = [
+    "HTTP_ENDPOINTS",
+    "HttpRequest",
+    "PlainRequest",
+    "Refusal",
+    "RequestReader",
+    "UpgradeRequest",
+    "Verdict",
+    "render_response",
+    "render_switching_protocols",
+]
+
+#: Paths answered as plain HTTP; every other path is a WebSocket endpoint.
+HTTP_ENDPOINTS = frozenset({"/healthz", "/metrics"})
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    414: "URI Too Long",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A parsed request head. Header names are lower-case; values are str."""
+
+    method: str
+    target: str
+    http_version: str
+    headers: tuple[tuple[str, str], ...]
+
+    @property
+    def path(self) -> str:
+        """The target without its query string."""
+        return self.target.partition("?")[0]
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header (name in lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_tokens(self, name: str) -> list[str]:
+        """Every comma-separated token of every field with this name, lower-cased."""
+        return [
+            token.strip().lower()
+            for key, value in self.headers
+            if key == name
+            for token in value.split(",")
+            if token.strip()
+        ]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpgradeRequest:
+    """A well-formed WebSocket upgrade request (RFC 6455 §4.2.1)."""
+
+    request: HttpRequest
+    key: str
+    origin: str | None
+    host: str | None
+    subprotocols: tuple[str, ...]
+    extensions: tuple[str, ...]
+    #: Bytes that followed the request (frames sent before our answer).
+    trailing: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlainRequest:
+    """A request for one of the plain HTTP endpoints."""
+
+    request: HttpRequest
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """The request cannot be served: answer with this status and close."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Verdict = UpgradeRequest | PlainRequest | Refusal
+
+
+class RequestReader:
+    """Reads one request head with h11 and returns a :data:`Verdict`.
+
+    Feed it until it returns a verdict, then discard it."""
+
+    __slots__ = ("_config", "_h11", "_prefix")
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self._prefix = b""  # the first bytes, enough to see the request line end
+
+    def feed(self, data: bytes) -> Verdict | None:
+        """Bytes in; a verdict once the head is complete (None: need more)."""
+        limit = self._config.max_request_line + 2
+        if len(self._prefix) < limit:
+            self._prefix = (self._prefix + data)[:limit]
+        try:
+            self._h11.receive_data(data)
+            event = self._h11.next_event()
+        except h11.RemoteProtocolError as error:
+            return self._refuse_malformed(error)
+        if event is h11.NEED_DATA:
+            return Refusal(414, "request line too long") if self._line_too_long() else None
+        assert isinstance(event, h11.Request)
+        return self._judge(event)
+
+    def _line_too_long(self) -> bool:
+        # h11 only caps the whole head; a request line that is still growing
+        # past its own cap gets 414 without waiting for more.
+        prefix = self._prefix
+        return len(prefix) > self._config.max_request_line and b"\n" not in prefix
+
+    def _refuse_malformed(self, error: h11.RemoteProtocolError) -> Refusal:
+        if error.error_status_hint == 431:
+            if self._line_too_long():
+                return Refusal(414, "request line too long")
+            return Refusal(431, "request header fields too large")
+        return Refusal(400, f"malformed request: {error}")
+
+    def _judge(self, event: h11.Request) -> Verdict:
+        config = self._config
+        method = event.method.decode("ascii", "replace")
+        target = event.target.decode("ascii", "replace")
+        line_length = len(event.method) + len(event.target) + 11  # " HTTP/1.1\r\n"
+        if line_length > config.max_request_line:
+            return Refusal(414, "request line too long")
+        if len(event.headers) > config.max_headers:
+            return Refusal(431, f"more than {config.max_headers} header fields")
+        head = line_length + sum(len(n) + len(v) + 4 for n, v in event.headers) + 2
+        if head > config.max_header_bytes:
+            return Refusal(431, f"request head over {config.max_header_bytes} bytes")
+        request = HttpRequest(
+            method=method,
+            target=target,
+            http_version=event.http_version.decode("ascii", "replace"),
+            headers=tuple(
+                (n.decode("ascii", "replace"), v.decode("latin-1")) for n, v in event.headers
+            ),
+        )
+        if request.path in HTTP_ENDPOINTS:
+            if method not in ("GET", "HEAD"):
+                return Refusal(405, "use GET", (("allow", "GET, HEAD"),))
+            return PlainRequest(request)
+        return self._judge_upgrade(request)
+
+    def _judge_upgrade(self, request: HttpRequest) -> Verdict:
+        # RFC 6455 §4.2.1, in the order a client can best act on.
+        if request.method != "GET":
+            return Refusal(405, "a WebSocket upgrade must use GET", (("allow", "GET"),))
+        if request.http_version != "1.1":
+            return Refusal(400, "a WebSocket upgrade needs HTTP/1.1")
+        upgrade_headers = (("upgrade", "websocket"), ("sec-websocket-version", "13"))
+        if "websocket" not in request.header_tokens("upgrade") or (
+            "upgrade" not in request.header_tokens("connection")
+        ):
+            return Refusal(426, "this is a WebSocket endpoint", upgrade_headers)
+        versions = request.header_tokens("sec-websocket-version")
+        if versions != ["13"]:
+            return Refusal(426, "unsupported WebSocket version", upgrade_headers)
+        keys = [v for n, v in request.headers if n == "sec-websocket-key"]
+        if len(keys) != 1 or not _valid_key(keys[0]):
+            return Refusal(400, "missing or invalid Sec-WebSocket-Key")
+        if request.header("content-length") not in (None, "0") or request.header(
+            "transfer-encoding"
+        ):
+            return Refusal(400, "an upgrade request has no body")
+        h11_conn = self._h11
+        # The GET has no body: h11 ends the message and pauses for the switch;
+        # the bytes after the head are the client's first frames.
+        while (event := h11_conn.next_event()) is not h11.PAUSED:
+            if not isinstance(event, h11.EndOfMessage):  # pragma: no cover - no body, checked
+                return Refusal(400, "malformed upgrade request")
+        trailing, _ = h11_conn.trailing_data
+        return UpgradeRequest(
+            request=request,
+            key=keys[0].strip(),
+            origin=request.header("origin"),
+            host=request.header("host"),
+            subprotocols=tuple(request.header_tokens("sec-websocket-protocol")),
+            extensions=tuple(
+                value.strip()
+                for n, v in request.headers
+                if n == "sec-websocket-extensions"
+                for value in v.split(",")
+                if value.strip()
+            ),
+            trailing=bytes(trailing),
+        )
+
+
+def _valid_key(key: str) -> bool:
+    """RFC 6455 §4.1: the key is base64 of 16 bytes."""
+    try:
+        return len(base64.b64decode(key.strip(), validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def render_response(
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+    headers: tuple[tuple[str, str], ...] = (),
+    head_only: bool = False,
+) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection."""
+    fields = [
+        ("content-type", content_type),
+        ("content-length", str(len(body))),
+        ("connection", "close"),
+        *headers,
+    ]
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+    lines.extend(f"{name}: {value}" for name, value in fields)
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + body
+
+
+def render_switching_protocols(headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The 101 response that completes an upgrade."""
+    lines = ["HTTP/1.1 101 Switching Protocols", "upgrade: websocket", "connection: Upgrade"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -1,0 +1,151 @@
+"""Less travelled paths of the wire: each a behaviour a driver can meet."""
+
+from __future__ import annotations
+
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+
+from tests.wire.helpers import (
+    config,
+    frame,
+    new_wire,
+    open_wire,
+    parse_server_frames,
+    upgrade_request,
+)
+from wslifecycle import State, TerminationCause
+from wslifecycle.actions import CloseTransport, ReleaseChannels, Terminate
+from wslifecycle.wire.frames import FrameReader, InboundFailure
+from wslifecycle.wire.http import Refusal, RequestReader
+
+
+def test_the_default_responder_has_no_metrics() -> None:
+    """Without a driver's responder, /metrics is 404 and says nothing else."""
+    wire = new_wire()
+    wire.receive_data(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert wire.data_to_send().startswith(b"HTTP/1.1 404 ")
+    assert repr(wire).startswith("<ServerConnection conn-")
+
+
+def test_a_request_line_over_the_whole_head_cap_is_still_414() -> None:
+    """A request line longer than both caps arriving in one read: h11 sees
+    a too-large head, but the request line is the culprit, so 414."""
+    reader = RequestReader(config(max_request_line=100, max_header_bytes=200))
+    assert reader.feed(b"GET /" + b"a" * 400) == Refusal(414, "request line too long")
+
+
+def test_a_large_head_with_a_short_request_line_is_431_while_incomplete() -> None:
+    """h11's cap on an incomplete head maps to 431 when the line is short."""
+    reader = RequestReader(config(max_request_line=100, max_header_bytes=200))
+    verdict = reader.feed(b"GET / HTTP/1.1\r\nX: " + b"b" * 400)
+    assert isinstance(verdict, Refusal)
+    assert verdict.status == 431
+
+
+def test_an_offer_we_cannot_accept_leaves_compression_off() -> None:
+    """RFC 7692 §5: an unusable offer is declined; no extension header."""
+    wire = new_wire(config(compression=True))
+    offer = ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits=4")
+    wire.receive_data(upgrade_request(extra=[offer]), 0.0)
+    head = wire.data_to_send()
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"sec-websocket-extensions" not in head
+
+
+def test_eof_after_the_driver_reported_the_loss_itself() -> None:
+    """A driver may call transport_lost on a socket error and then EOF:
+    the wire still ends cleanly, once."""
+    wire = open_wire()
+    wire.lifecycle.transport_lost(1.0, "ECONNRESET")
+    wire.receive_eof(1.0)
+    events = wire.take_events()
+    assert isinstance(events[-1], CloseTransport)
+    assert wire.lifecycle.cause is TerminationCause.TRANSPORT_LOST
+
+
+def test_a_release_failure_while_terminating_still_terminates() -> None:
+    """A broken broker during a terminate changes nothing: the socket drops."""
+
+    def broken(lifecycle: object, channels: tuple[str, ...]) -> None:
+        raise RuntimeError("broker down")
+
+    wire = open_wire(config(), release_channels=broken)
+    wire.lifecycle.subscribe("news")
+    wire.lifecycle.terminate(1.0, TerminationCause.SLOW_CONSUMER)
+    wire.pump(1.0)
+    assert isinstance(wire.take_events()[-1], Terminate)
+    assert wire.lifecycle.state is State.CLOSED
+
+
+def test_the_release_hook_sees_every_teardown_even_without_channels() -> None:
+    """The hook is called for every graceful teardown; it learns the channels."""
+    seen: list[tuple[str, ...]] = []
+    wire = open_wire(release_channels=lambda lc, channels: seen.append(channels))
+    wire.close(1.0)
+    assert seen == [()]
+    assert ReleaseChannels(()) not in wire.take_events()
+
+
+class Refuses(Extension):
+    """An extension that rejects every data frame with 1003 (unsupported)."""
+
+    name = "x-refuses"
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool | str:
+        return False
+
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, length: int
+    ) -> CloseReason | RsvBits:
+        return CloseReason.UNSUPPORTED_DATA
+
+
+def test_an_extension_failure_outside_the_mapped_codes_becomes_1002() -> None:
+    """Only 1002, 1007 and 1009 come out of frame parsing; any other code an
+    extension reports is a protocol error."""
+    reader = FrameReader(config(), [Refuses()])
+    (failure,) = reader.feed(frame(0x1, b"x"))
+    assert isinstance(failure, InboundFailure)
+    assert failure.code == 1002
+    assert failure.cause is TerminationCause.PROTOCOL_ERROR
+    assert reader.feed(frame(0x1, b"y")) == []  # nothing after a failure
+
+
+def test_compressed_and_uncompressed_messages_mix() -> None:
+    """RFC 7692 §6: with deflate negotiated a message may still be sent
+    uncompressed (RSV1 clear); both are delivered, context kept or reset."""
+    import zlib
+
+    from wslifecycle.actions import DeliverMessage
+
+    offer = ("Sec-WebSocket-Extensions", "permessage-deflate; client_no_context_takeover")
+    wire = new_wire(config(compression=True), release_channels=lambda lc, ch: None)
+    wire.receive_data(upgrade_request(extra=[offer]), 0.0)
+    assert b"client_no_context_takeover" in wire.data_to_send()
+    wire.take_events()
+
+    def deflated(data: bytes) -> bytes:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+        return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    wire.receive_data(frame(0x1, b"plain"), 1.0)
+    wire.receive_data(frame(0x1, deflated(b"packed"), rsv=4), 1.0)
+    wire.receive_data(frame(0x1, deflated(b"again"), rsv=4), 1.0)  # fresh context
+    wire.receive_data(frame(0x1, b"in ", fin=False) + frame(0x0, b"parts"), 1.0)
+    delivered = [e.data for e in wire.take_events() if isinstance(e, DeliverMessage)]
+    assert delivered == ["plain", "packed", "again", "in parts"]
+    assert parse_server_frames(wire.data_to_send()) == []
+
+
+def test_a_terminated_connection_releases_its_channels_through_the_hook() -> None:
+    """DESIGN §5: channels are released before a terminate too (no ack needed)."""
+    seen: list[tuple[str, ...]] = []
+    wire = open_wire(release_channels=lambda lc, channels: seen.append(channels))
+    wire.lifecycle.subscribe("news")
+    wire.lifecycle.terminate(1.0, TerminationCause.SLOW_CONSUMER)
+    wire.pump(1.0)
+    assert seen == [("news",)]
+    assert isinstance(wire.take_events()[-1], Terminate)
