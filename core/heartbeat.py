@@ -3,9 +3,10 @@
 Each connection is due once per ``heartbeat_interval``, at its own phase.
 When it is due, :func:`decide` says what happens:
 
-* **STALL**: the tick came later than ``stall_threshold``; the server, not the
-  peer, was late. Nobody is charged a miss or terminated; the connection
-  waits for its next slot.
+* **STALL**: the tick came later than ``stall_threshold``, or the driver has
+  paused reading this socket because the application is behind; either way
+  the server, not the peer, is late, and pongs may sit unread. Nobody is
+  charged a miss or terminated; the connection waits for its next slot.
 * **TIMEOUT**: ``max_missed_pongs`` probes are unanswered *and* the latest
   one has been out for a full interval: terminate.
 * **DEFER**: the threshold is reached but the latest probe went out late (the

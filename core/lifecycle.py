@@ -60,7 +60,8 @@ class ConnectionLifecycle:
     sent), ``client_seq`` (last one the client reported), ``missed_pongs``,
     ``missed_echoes``, ``latency`` (last pong round trip, seconds),
     ``deadline`` (when the scheduler must call next). ``owner`` is free for
-    the driver (the wire or socket this lifecycle belongs to).
+    the driver (the wire or socket this lifecycle belongs to);
+    ``reading_paused`` is set by the driver while it does not read the socket.
     """
 
     __slots__ = (
@@ -86,6 +87,7 @@ class ConnectionLifecycle:
         "missed_pongs",
         "opened_at",
         "owner",
+        "reading_paused",
         "seq",
         "state",
     )
@@ -104,6 +106,9 @@ class ConnectionLifecycle:
         self.latency: float | None = None
         self.deadline: float | None = None
         self.owner: Any = None
+        #: Set by the driver while it has stopped reading this socket because
+        #: the application is behind: unread pongs cannot count as misses.
+        self.reading_paused = False
         self._actions: list[Action] = []
         self._channels: set[str] | None = None
         self._last_probe_at = -math.inf
@@ -116,7 +121,7 @@ class ConnectionLifecycle:
         self._close_code = 1000
         self._close_reason = ""
         self._drift_notice = False
-        self._set_deadline(now + scheduler.config.handshake_timeout)
+        self._set_deadline(scheduler._handshake_deadline(now))
 
     def __repr__(self) -> str:
         return f"<ConnectionLifecycle {self.id} {self.state.value}>"
@@ -251,13 +256,24 @@ class ConnectionLifecycle:
 
     # ------------------------------------------------------------------ outbound
 
-    def send(self, data: str | bytes, *, buffered: int, critical: bool = False) -> int | None:
-        """Queue a message; returns its sequence number, or None if skipped.
+    def send(
+        self,
+        data: str | bytes,
+        *,
+        buffered: int,
+        critical: bool = False,
+        sequenced: bool = True,
+    ) -> int | None:
+        """Queue a message; returns the server sequence number after it, or
+        None if it was skipped.
 
         ``buffered`` is the transport's outbound buffer in bytes. A
         non-critical send is skipped (and counted) while it is at or above the
-        write-buffer guard; a critical one always goes out. Raises
-        :class:`ConnectionClosed` once the connection is draining or closed.
+        write-buffer guard; a critical one always goes out. A ``sequenced``
+        send advances ``seq``, the number the client reports back for drift
+        detection; replies that carry no state (echoes, acknowledgements) pass
+        ``sequenced=False``. Raises :class:`ConnectionClosed` once the
+        connection is draining or closed.
         """
         state = self.state
         if state is not ACTIVE:
@@ -268,7 +284,8 @@ class ConnectionLifecycle:
         if not critical and buffered >= scheduler.config.write_buffer_guard:
             scheduler.metrics.sends_skipped += 1
             return None
-        self.seq += 1
+        if sequenced:
+            self.seq += 1
         scheduler.metrics.messages_sent += 1
         self._actions.append(SendMessage(data, self.seq))
         return self.seq
@@ -470,7 +487,7 @@ class ConnectionLifecycle:
             last_probe_at=self._last_probe_at,
             interval=interval,
             max_missed=config.max_missed_pongs,
-            stalled=stalled,
+            stalled=stalled or self.reading_paused,
             active_since_due=self._active_since_due,
         )
         if decision is Decision.PROBE:

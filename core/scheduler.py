@@ -181,6 +181,11 @@ class Scheduler:
         delay = (phase - now) % interval
         return now + (delay if delay > 0 else interval)
 
+    def _handshake_deadline(self, now: float) -> float:
+        deadline = now + self.config.handshake_timeout
+        drain = self._drain_deadline
+        return deadline if drain is None or drain > deadline else drain
+
     def _close_deadline(self, now: float) -> float:
         deadline = now + self.config.close_timeout
         drain = self._drain_deadline

@@ -37,8 +37,13 @@ def is_banned(name: str) -> bool:
     return any(name == banned or name.startswith(banned + ".") for banned in BANNED)
 
 
+#: ``python -m wslifecycle`` needs core/__main__.py; it is the program's entry
+#: point (it starts the CLI driver) and nothing in the library imports it.
+ENTRY_POINT = CORE / "__main__.py"
+
+
 def core_files() -> list[pathlib.Path]:
-    return sorted(CORE.rglob("*.py"))
+    return sorted(p for p in CORE.rglob("*.py") if p != ENTRY_POINT)
 
 
 @pytest.mark.parametrize("path", core_files(), ids=lambda p: str(p.relative_to(CORE)))
@@ -63,3 +68,25 @@ def test_the_check_catches_a_banned_import() -> None:
     assert "asyncio" in names
     assert "wslifecycle.drivers" in names
     assert "__import__" in names
+
+
+def test_importing_the_core_loads_no_driver_or_io_module() -> None:
+    """At run time too: importing every core module (the library, not its
+    entry point) loads no driver, asyncio, trio, socket or selectors."""
+    import subprocess
+    import sys
+
+    modules = [
+        "wslifecycle."
+        + ".".join(p.relative_to(CORE).with_suffix("").parts).replace(".__init__", "")
+        for p in core_files()
+        if p.name != "strategies.py"  # hypothesis itself imports threading
+    ]
+    code = (
+        "import sys\n"
+        + "".join(f"import {m.removesuffix('.__init__')}\n" for m in modules)
+        + "bad = [m for m in ('wslifecycle.drivers', 'asyncio', 'trio', 'socket', 'selectors')"
+        + " if m in sys.modules]\n"
+        + "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -24,6 +24,7 @@ after EOF or terminate nothing more is written.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from wsproto.extensions import Extension
 from wsproto.handshake import server_extensions_handshake
@@ -113,6 +114,7 @@ class ServerConnection:
         "_release",
         "_responder",
         "_writer",
+        "context",
         "lifecycle",
         "request",
         "subprotocol",
@@ -145,6 +147,8 @@ class ServerConnection:
         self._events: list[Action] = []
         self._ended = False
         self._close_sent = False
+        #: Free for the driver: its own object for this connection.
+        self.context: Any = None
         #: The accepted upgrade request (path, headers), once there is one.
         self.request: UpgradeRequest | None = None
         #: The negotiated subprotocol, if any.
@@ -201,9 +205,18 @@ class ServerConnection:
         """Outbound bytes not yet written: ours plus the transport's."""
         return self.write_buffer_size + sum(map(len, self._out))
 
-    def send(self, data: str | bytes, now: float, *, critical: bool = False) -> int | None:
+    def send(
+        self,
+        data: str | bytes,
+        now: float,
+        *,
+        critical: bool = False,
+        sequenced: bool = True,
+    ) -> int | None:
         """Send a message (see :meth:`ConnectionLifecycle.send`)."""
-        seq = self.lifecycle.send(data, buffered=self.buffered, critical=critical)
+        seq = self.lifecycle.send(
+            data, buffered=self.buffered, critical=critical, sequenced=sequenced
+        )
         self.pump(now)
         return seq
 

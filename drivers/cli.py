@@ -1,0 +1,121 @@
+"""``wslifecycle serve``: the pub/sub relay (or an echo server) on any driver.
+
+    wslifecycle serve --port 8765 --heartbeat-interval 30 --allow-no-origin
+
+Runs until SIGTERM or SIGINT, then drains (new handshakes get 503, every
+connection is closed with 1001, stragglers are terminated at the drain
+deadline) and exits 0. A configuration error exits 2 naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from wslifecycle import Config, ConfigError, HeartbeatMode
+
+__all__ = ["build_config", "main", "parser"]
+
+DRIVERS = ("asyncio",)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="wslifecycle", description="Server-side WebSocket connections that stay honest."
+    )
+    commands = top.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run the pub/sub relay (or an echo server)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = serve.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    add("--port", type=int, default=8765, help="port to listen on; 0 picks one (default: 8765)")
+    add("--driver", choices=DRIVERS, default="asyncio", help="I/O driver (default: asyncio)")
+    add(
+        "--mode",
+        choices=("relay", "echo"),
+        default="relay",
+        help="relay: the JSON pub/sub protocol (other messages echoed); echo: echo all",
+    )
+    add("--heartbeat-interval", type=float, default=30.0, metavar="SECONDS")
+    add("--max-missed-pongs", type=int, default=2, metavar="N")
+    add(
+        "--heartbeat-mode",
+        choices=[m.value for m in HeartbeatMode],
+        default="protocol",
+        help="protocol pings, a JSON heartbeat the client echoes, or both",
+    )
+    add("--activity-is-liveness", action="store_true", help="inbound messages prove liveness")
+    add("--stall-threshold", type=float, default=None, metavar="SECONDS")
+    add(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an allowed Origin, e.g. https://app.example.com (repeatable)",
+    )
+    add("--allow-no-origin", action="store_true", help="accept clients that send no Origin")
+    add("--max-message-size", type=int, default=1024 * 1024, metavar="BYTES")
+    add("--max-fragments", type=int, default=1024, metavar="N")
+    add("--write-buffer-guard", type=int, default=1024 * 1024, metavar="BYTES")
+    add("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
+    add("--close-timeout", type=float, default=10.0, metavar="SECONDS")
+    add("--drain-timeout", type=float, default=10.0, metavar="SECONDS")
+    add("--compression", action="store_true", help="negotiate permessage-deflate")
+    add(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="stdlib logging level (default: info)",
+    )
+    return top
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    return Config(
+        heartbeat_interval=args.heartbeat_interval,
+        max_missed_pongs=args.max_missed_pongs,
+        heartbeat_mode=HeartbeatMode(args.heartbeat_mode),
+        activity_is_liveness=args.activity_is_liveness,
+        stall_threshold=args.stall_threshold,
+        allowed_origins=frozenset(args.allow_origin),
+        allow_no_origin=args.allow_no_origin,
+        max_message_size=args.max_message_size,
+        max_fragments=args.max_fragments,
+        write_buffer_guard=args.write_buffer_guard,
+        handshake_timeout=args.handshake_timeout,
+        close_timeout=args.close_timeout,
+        drain_timeout=args.drain_timeout,
+        compression=args.compression,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = build_config(args)
+    except ConfigError as error:
+        print(f"wslifecycle: configuration error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    return _runner(args.driver)(args, config)
+
+
+def _runner(driver: str) -> Callable[[argparse.Namespace, Config], int]:
+    # Imported on demand: the trio driver needs the optional trio package.
+    from ._run_asyncio import run
+
+    return run
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""The broker, the hub and the relay protocol: pub/sub without sockets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.wire.helpers import parse_server_frames, upgrade_request
+from wslifecycle import Config, ConnectionClosed, MetricsSnapshot, State, TerminationCause
+from wslifecycle.broker import InMemoryBroker
+from wslifecycle.hub import Hub
+from wslifecycle.relay import MAX_CHANNEL_LENGTH, handle_relay_message, publish
+from wslifecycle.testing import seeded_entropy
+from wslifecycle.wire import HttpReply, ServerConnection
+
+
+def make_hub(**changes: object) -> Hub:
+    values: dict[str, object] = {"allow_no_origin": True, "heartbeat_interval": 10.0}
+    values.update(changes)
+    return Hub(Config(**values), seeded_entropy(5))  # type: ignore[arg-type]
+
+
+def connect(hub: Hub) -> ServerConnection:
+    wire = hub.open(0.0)
+    wire.receive_data(upgrade_request(), 0.0)
+    wire.data_to_send()
+    wire.take_events()
+    return wire
+
+
+def texts(wire: ServerConnection) -> list[object]:
+    """Text frames the wire wrote: JSON decoded where it is JSON."""
+    out: list[object] = []
+    for sent in parse_server_frames(wire.data_to_send()):
+        if sent.opcode == 0x1:
+            try:
+                out.append(json.loads(sent.payload))
+            except (ValueError, RecursionError):
+                out.append(sent.payload.decode())
+    return out
+
+
+# ------------------------------------------------------------------ broker
+
+
+def test_the_in_memory_broker_keeps_join_order_and_forgets_empty_channels() -> None:
+    """Members come back in the order they joined; an empty channel is gone."""
+    broker: InMemoryBroker[str] = InMemoryBroker()
+    for member in ("a", "b", "c"):
+        broker.subscribe(member, "news")
+    broker.subscribe("a", "news")  # again: no effect
+    assert broker.members("news") == ["a", "b", "c"]
+    broker.release("b", ["news", "never-joined"])
+    broker.unsubscribe("zz", "nowhere")
+    assert broker.members("news") == ["a", "c"]
+    broker.unsubscribe("a", "news")
+    broker.unsubscribe("c", "news")
+    assert broker.channels() == []
+    assert broker.members("news") == []
+
+
+# --------------------------------------------------------------------- hub
+
+
+def test_teardown_releases_channels_in_the_broker_before_the_close_frame() -> None:
+    """DESIGN §5: after close, the broker no longer lists the connection."""
+    hub = make_hub()
+    wire = connect(hub)
+    hub.subscribe(wire, "news")
+    assert hub.members("news") == [wire]
+    wire.close(1.0)
+    assert hub.broker.members("news") == []
+    assert [f.close_code for f in parse_server_frames(wire.data_to_send())] == [1000]
+
+
+def test_members_never_include_a_closing_connection() -> None:
+    """A member that is closing is filtered out even if a broker still lists it."""
+    hub = make_hub()
+    a, b = connect(hub), connect(hub)
+    for wire in (a, b):
+        hub.subscribe(wire, "news")
+    hub.broker.subscribe(b, "news")
+    b.lifecycle.close(1.0)  # DRAINING, release not yet pumped
+    assert hub.members("news") == [a]
+    hub.unsubscribe(a, "news")
+    assert hub.members("news") == []
+
+
+def test_subscribing_a_closing_connection_raises() -> None:
+    """Caller misuse: a connection on its way down takes no channels."""
+    hub = make_hub()
+    wire = connect(hub)
+    wire.close(1.0)
+    with pytest.raises(ConnectionClosed):
+        hub.subscribe(wire, "news")
+
+
+def test_tick_and_drain_pump_the_wires_they_touch() -> None:
+    """tick() and begin_drain() return wires with their bytes ready."""
+    hub = make_hub()
+    wire = connect(hub)
+    assert hub.connections == [wire]
+    deadline = hub.next_deadline()
+    assert deadline is not None
+    assert hub.tick(deadline) == [wire]
+    assert parse_server_frames(wire.data_to_send())[0].opcode == 0x9
+    assert hub.take_alerts() == []
+    assert hub.begin_drain(deadline) == [wire]
+    assert hub.draining
+    assert not hub.drained
+    assert parse_server_frames(wire.data_to_send())[-1].close_code == 1001
+    assert hub.config.heartbeat_interval == 10.0
+
+
+def test_metrics_are_served_by_the_exporter_or_404() -> None:
+    """/metrics goes to the driver's exporter; without one it is 404."""
+
+    def exporter(snapshot: MetricsSnapshot) -> HttpReply:
+        return 200, "text/plain", f"accepted {snapshot.handshakes_accepted}\n".encode()
+
+    for hub, expected in (
+        (make_hub(), b"404"),
+        (Hub(Config(), seeded_entropy(1), metrics_exporter=exporter), b"accepted 0"),
+    ):
+        wire = hub.open(0.0)
+        wire.receive_data(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+        assert expected in wire.data_to_send()
+        wire = hub.open(0.0)
+        wire.receive_data(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+        assert wire.data_to_send().endswith(b"ok\n")
+
+
+# ------------------------------------------------------------------- relay
+
+
+def test_publish_reaches_every_subscriber_with_its_own_sequence_number() -> None:
+    """A publish fans out a message with each member's next seq; the
+    publisher learns how many got it; replies are not sequenced."""
+    hub = make_hub()
+    a, b, c = connect(hub), connect(hub), connect(hub)
+    handle_relay_message(hub, a, '{"type":"subscribe","channel":"news"}', 1.0)
+    handle_relay_message(hub, b, '{"type":"subscribe","channel":"news"}', 1.0)
+    b.send("before", 1.0)  # b's seq is now 1
+    touched = handle_relay_message(
+        hub, c, '{"type":"publish","channel":"news","data":{"n":1}}', 1.0
+    )
+    assert touched == [a, b]
+    assert texts(a)[-1] == {"type": "message", "channel": "news", "seq": 1, "data": {"n": 1}}
+    assert texts(b)[-1] == {"type": "message", "channel": "news", "seq": 2, "data": {"n": 1}}
+    assert texts(c) == [{"type": "published", "channel": "news", "receivers": 2}]
+    assert c.lifecycle.seq == 0
+
+
+def test_a_slow_subscriber_is_skipped_not_blocked() -> None:
+    """DESIGN §6: a member whose write buffer is at the guard misses the
+    (non-critical) channel message; the others get it."""
+    hub = make_hub(write_buffer_guard=1000)
+    fast, slow = connect(hub), connect(hub)
+    for wire in (fast, slow):
+        hub.subscribe(wire, "news")
+    slow.write_buffer_size = 1000
+    assert publish(hub, "news", "x", 1.0) == [fast]
+    assert hub.scheduler.metrics.sends_skipped == 1
+
+
+def test_relay_requests_and_their_answers() -> None:
+    """subscribe, unsubscribe, members, ack, errors and echoes."""
+    hub = make_hub()
+    wire = connect(hub)
+    for request in (
+        '{"type":"subscribe","channel":"a"}',
+        '{"type":"members","channel":"a"}',
+        '{"type":"unsubscribe","channel":"a"}',
+        '{"type":"subscribe","channel":""}',
+        '{"type":"subscribe","channel":"' + "x" * (MAX_CHANNEL_LENGTH + 1) + '"}',
+        '{"type":"ack","seq":-1}',
+        '{"type":"ack","seq":true}',
+        '{"type":"something else"}',
+        "[1, 2]",
+        "{not json",
+        "[" * 5000,
+    ):
+        assert handle_relay_message(hub, wire, request, 1.0) == []
+    handle_relay_message(hub, wire, b"\x00binary", 1.0)
+    answers = texts(wire)
+    assert answers[0] == {"type": "subscribed", "channel": "a"}
+    assert answers[1] == {"type": "members", "channel": "a", "ids": [wire.lifecycle.id]}
+    assert answers[2] == {"type": "unsubscribed", "channel": "a"}
+    assert [a["type"] for a in answers[3:7]] == ["error"] * 4  # type: ignore[index]
+    assert answers[7] == {"type": "something else"}
+    assert answers[8:] == [[1, 2], "{not json", "[" * 5000]  # echoed unchanged
+
+
+def test_an_ack_that_lags_produces_a_state_drift_notice() -> None:
+    """The client acks seq 1 of 2: at teardown it is told it drifted."""
+    hub = make_hub()
+    a, b = connect(hub), connect(hub)
+    handle_relay_message(hub, a, '{"type":"subscribe","channel":"n"}', 1.0)
+    publish(hub, "n", 1, 1.0)
+    publish(hub, "n", 2, 1.0)
+    handle_relay_message(hub, a, '{"type":"ack","seq":1}', 1.0)
+    a.data_to_send()
+    a.close(2.0)
+    assert texts(a) == [{"type": "STATE_DRIFT", "serverSeq": 2, "clientSeq": 1}]
+    assert b.lifecycle.state is State.ACTIVE
+    assert a.lifecycle.cause is TerminationCause.APPLICATION_CLOSE

@@ -1,0 +1,338 @@
+"""Real sockets for driver tests: a server in a thread, a log watcher to wait
+on events (bounded, never a fixed sleep), a TCP proxy that can freeze, and
+independent peers (the `websockets` client, the Node.js `ws` client, and a
+client process that can be paused with SIGSTOP)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from wslifecycle import Config, MetricsSnapshot
+from wslifecycle.hub import Hub
+
+T = TypeVar("T")
+PEERS = pathlib.Path(__file__).resolve().parent.parent / "peers"
+NODE_CLIENT = PEERS / "node" / "client.js"
+
+
+# --------------------------------------------------------------------- logs
+
+
+class LogWatch(logging.Handler):
+    """Collects the server's log lines; tests wait on them with a timeout."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[tuple[float, str]] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.lines.append((time.monotonic(), record.getMessage()))
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float, since: int = 0) -> tuple[float, str]:
+        """The first line from index ``since`` that matches ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for when, line in self.lines[since:]:
+                    if regex.search(line):
+                        return when, line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    tail = "\n".join(line for _, line in self.lines[-20:])
+                    raise TimeoutError(f"no log line matched {pattern!r} in {timeout} s:\n{tail}")
+                self._changed.wait(remaining)
+
+    def matching(self, pattern: str) -> list[str]:
+        regex = re.compile(pattern)
+        with self._changed:
+            return [line for _, line in self.lines if regex.search(line)]
+
+    def mark(self) -> int:
+        with self._changed:
+            return len(self.lines)
+
+    def __enter__(self) -> LogWatch:
+        logger = logging.getLogger("wslifecycle")
+        logger.addHandler(self)
+        self._previous_level = logger.level
+        logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger("wslifecycle")
+        logger.removeHandler(self)
+        logger.setLevel(self._previous_level)
+
+
+# ------------------------------------------------------------------ servers
+
+
+class ServerThread:
+    """A driver's server running in its own thread, for one test."""
+
+    driver = "abstract"
+
+    def __init__(self, config: Config, mode: str = "relay") -> None:
+        self.config = config
+        self.mode = mode
+        self.port = 0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=f"server-{self.driver}")
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("server did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Drain, wait for the thread; fail if it does not finish in time."""
+        if self._thread.is_alive():
+            self.request_drain()
+            self._thread.join(timeout)
+            assert not self._thread.is_alive(), "server did not finish draining"
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        try:
+            self.run()
+        except BaseException as error:  # reported to the test thread
+            self._error = error
+            self._ready.set()
+
+    # Each driver implements these three.
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def request_drain(self) -> None:
+        raise NotImplementedError
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the server's thread (its loop) and return its result."""
+        raise NotImplementedError
+
+    # Built on call():
+    def metrics(self) -> MetricsSnapshot:
+        return self.call(lambda: self.hub.scheduler.metrics.snapshot())
+
+    def connection_count(self) -> int:
+        return self.call(lambda: len(self.hub.scheduler))
+
+    def connection_id_for_peer_port(self, port: int) -> str | None:
+        """The id of the server connection whose peer uses this local port."""
+        return self.call(lambda: self._id_for_port(port))
+
+    hub: Hub
+
+    def _id_for_port(self, port: int) -> str | None:
+        raise NotImplementedError
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AsyncioServerThread(ServerThread):
+    driver = "asyncio"
+
+    def run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from wslifecycle.drivers.asyncio import echo_handler, relay_handler, serve
+
+        self.loop = asyncio.get_running_loop()
+        handler = relay_handler if self.mode == "relay" else echo_handler
+        self.server = await serve(handler, "127.0.0.1", 0, config=self.config)
+        self.hub = self.server.hub
+        self.port = self.server.port
+        self._ready.set()
+        await self.server.serve_forever()
+
+    def request_drain(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.begin_drain)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def task_count(self) -> int:
+        return self.call(lambda: len(asyncio.all_tasks(self.loop)))
+
+    def _id_for_port(self, port: int) -> str | None:
+        for conn in self.server._connections:
+            transport = conn._transport
+            if transport is not None and transport.get_extra_info("peername")[1] == port:
+                return conn.id
+        return None
+
+
+SERVERS: dict[str, type[ServerThread]] = {"asyncio": AsyncioServerThread}
+
+
+# -------------------------------------------------------------------- proxy
+
+
+class FrozenProxy:
+    """A TCP proxy between a client and the server that can freeze: both
+    directions stop, both sockets stay open (a half-open path, as when a
+    phone leaves Wi-Fi or a NAT entry is reaped)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self._stop = threading.Event()
+        self._pairs: dict[socket.socket, socket.socket] = {}
+        self.upstream_local_ports: list[int] = []
+        self._thread = threading.Thread(target=self._run, name="frozen-proxy", daemon=True)
+        self._thread.start()
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.listener, selectors.EVENT_READ)
+        while not self._stop.is_set():
+            for key, _ in sel.select(0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self.listener:
+                    client, _ = self.listener.accept()
+                    upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+                    self.upstream_local_ports.append(upstream.getsockname()[1])
+                    self._pairs[client] = upstream
+                    self._pairs[upstream] = client
+                    sel.register(client, selectors.EVENT_READ)
+                    sel.register(upstream, selectors.EVENT_READ)
+                    continue
+                if self.frozen.is_set():
+                    sel.unregister(sock)  # stop reading; the socket stays open
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if data:
+                    self._pairs[sock].sendall(data)
+                else:
+                    sel.unregister(sock)
+                    self._pairs[sock].close()
+        sel.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sock in set(self._pairs):
+            sock.close()
+        self.listener.close()
+
+
+# -------------------------------------------------------------------- peers
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def node_client(url: str, channel: str, seconds: float, origin: str | None = None) -> Peer:
+    argv = ["node", str(NODE_CLIENT), url, channel, str(seconds)]
+    if origin:
+        argv += ["--origin", origin]
+    return Peer(argv)
+
+
+def python_client(url: str, channel: str) -> Peer:
+    """A `websockets` client in its own process (so it can be SIGSTOPped)."""
+    return Peer([sys.executable, str(PEERS / "python_client.py"), url, channel])
+
+
+class Peer:
+    """A client process that prints one JSON line per event on stdout."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.events: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.events.append(json.loads(line))
+                self._changed.notify_all()
+        with self._changed:
+            self.events.append({"event": "exit"})
+            self._changed.notify_all()
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"peer events so far: {self.events[-10:]}")
+                self._changed.wait(remaining)
+
+    def wait_event(self, name: str, timeout: float) -> dict[str, Any]:
+        return self.wait_for(lambda e: e.get("event") == name, timeout)
+
+    def count(self, name: str) -> int:
+        with self._changed:
+            return sum(1 for e in self.events if e.get("event") == name)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stops; its kernel socket stays open and keeps
+        acknowledging TCP, but nothing answers a ping."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        self._reader.join(5)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def events_of(peers: list[Peer]) -> Iterator[dict[str, Any]]:
+    for peer in peers:
+        yield from peer.events
