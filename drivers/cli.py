@@ -10,6 +10,7 @@ deadline) and exits 0. A configuration error exits 2 naming the field.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from wslifecycle import Config, ConfigError, HeartbeatMode
 
 __all__ = ["build_config", "main", "parser"]
 
-DRIVERS = ("asyncio",)
+DRIVERS = ("asyncio", "selector", "trio")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -107,13 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    return _runner(args.driver)(args, config)
+    try:
+        runner = _runner(args.driver)
+    except ImportError as error:
+        print(f"wslifecycle: driver {args.driver} is not available: {error}", file=sys.stderr)
+        return 2
+    return runner(args, config)
 
 
 def _runner(driver: str) -> Callable[[argparse.Namespace, Config], int]:
-    # Imported on demand: the trio driver needs the optional trio package.
-    from ._run_asyncio import run
-
+    """``drivers/_run_<driver>.py``'s ``run``, imported on demand (the trio
+    driver needs the optional trio package)."""
+    module = importlib.import_module(f"wslifecycle.drivers._run_{driver}")
+    run: Callable[[argparse.Namespace, Config], int] = module.run
     return run
 
 

@@ -5,7 +5,6 @@ client process that can be paused with SIGSTOP)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -156,44 +155,19 @@ class ServerThread:
         self.stop()
 
 
-class AsyncioServerThread(ServerThread):
-    driver = "asyncio"
+def _discover() -> dict[str, type[ServerThread]]:
+    """One module per driver in tests/drivers/servers/, each defining SERVER."""
+    import importlib
 
-    def run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        from wslifecycle.drivers.asyncio import echo_handler, relay_handler, serve
-
-        self.loop = asyncio.get_running_loop()
-        handler = relay_handler if self.mode == "relay" else echo_handler
-        self.server = await serve(handler, "127.0.0.1", 0, config=self.config)
-        self.hub = self.server.hub
-        self.port = self.server.port
-        self._ready.set()
-        await self.server.serve_forever()
-
-    def request_drain(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.begin_drain)
-
-    def call(self, fn: Callable[[], T]) -> T:
-        async def run() -> T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
-
-    def task_count(self) -> int:
-        return self.call(lambda: len(asyncio.all_tasks(self.loop)))
-
-    def _id_for_port(self, port: int) -> str | None:
-        for conn in self.server._connections:
-            transport = conn._transport
-            if transport is not None and transport.get_extra_info("peername")[1] == port:
-                return conn.id
-        return None
+    found: dict[str, type[ServerThread]] = {}
+    for path in sorted((pathlib.Path(__file__).parent / "servers").glob("*_server.py")):
+        module = importlib.import_module(f"tests.drivers.servers.{path.stem}")
+        server: type[ServerThread] = module.SERVER
+        found[server.driver] = server
+    return found
 
 
-SERVERS: dict[str, type[ServerThread]] = {"asyncio": AsyncioServerThread}
+SERVERS: dict[str, type[ServerThread]] = _discover()
 
 
 # -------------------------------------------------------------------- proxy

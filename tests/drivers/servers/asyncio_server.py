@@ -1,0 +1,51 @@
+"""The asyncio driver's server, in a thread, for the conformance suite."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+from tests.drivers.harness import ServerThread
+
+T = TypeVar("T")
+
+
+class AsyncioServerThread(ServerThread):
+    driver = "asyncio"
+
+    def run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from wslifecycle.drivers.asyncio import echo_handler, relay_handler, serve
+
+        self.loop = asyncio.get_running_loop()
+        handler = relay_handler if self.mode == "relay" else echo_handler
+        self.server = await serve(handler, "127.0.0.1", 0, config=self.config)
+        self.hub = self.server.hub
+        self.port = self.server.port
+        self._ready.set()
+        await self.server.serve_forever()
+
+    def request_drain(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.begin_drain)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def task_count(self) -> int:
+        return self.call(lambda: len(asyncio.all_tasks(self.loop)))
+
+    def _id_for_port(self, port: int) -> str | None:
+        for conn in self.server._connections:
+            transport = conn._transport
+            if transport is not None and transport.get_extra_info("peername")[1] == port:
+                return conn.id
+        return None
+
+
+SERVER = AsyncioServerThread
