@@ -249,11 +249,25 @@ def test_first_heartbeat_slot_lies_within_one_interval(scheduler: Scheduler, now
 def test_first_heartbeat_slot_on_the_phase_itself_is_one_interval_away(
     scheduler: Scheduler,
 ) -> None:
-    """Accepted exactly at its phase, a connection waits a full interval, not zero."""
-    phase = (1 * GOLDEN) % 1.0 * 10.0
+    """Accepted exactly at its phase, a connection waits a full interval, not zero.
+    (Phases count from the first accepted connection: here time 0.)"""
+    first = scheduler.open(0.0)
+    first.request_upgrade(0.0, origin=None, host="localhost")
+    assert first.deadline == (1 * GOLDEN) % 1.0 * 10.0
+    phase = (2 * GOLDEN) % 1.0 * 10.0
     lc = scheduler.open(0.0)
     lc.request_upgrade(phase, origin=None, host="localhost")
     assert lc.deadline == phase + 10.0
+
+
+def test_phases_count_from_the_first_connection_not_the_clock_zero(
+    scheduler: Scheduler,
+) -> None:
+    """The same arrivals get the same slots, relative to the first one,
+    whatever the clock reads; the first probe is never right after accept."""
+    late = 123_456.0
+    slots = [accept(scheduler, late).deadline for _ in range(300)]
+    assert all(slot is not None and slot - late >= 0.0019 * 10.0 for slot in slots)
 
 
 def test_first_heartbeats_are_spread_over_the_interval(scheduler: Scheduler) -> None:
