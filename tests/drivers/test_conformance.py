@@ -250,29 +250,17 @@ def test_an_oversized_message_gets_1009(driver: str, logs: LogWatch) -> None:
 
 
 def test_sigterm_drains_with_1001_and_exits_0(driver: str) -> None:
-    """SIGTERM: clients get close 1001, new handshakes get 503, exit code 0."""
+    """SIGTERM: clients get close 1001; while a straggler (a SIGSTOPped client
+    that cannot answer) holds the drain open, a new handshake gets 503; the
+    straggler is terminated at the drain deadline and the process exits 0."""
+    drain_timeout = 2.0
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wslifecycle",
-            "serve",
-            "--port",
-            "0",
-            "--driver",
-            driver,
-            "--allow-no-origin",
-            "--heartbeat-interval",
-            "5",
-            "--drain-timeout",
-            "5",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        [sys.executable, "-m", "wslifecycle", "serve", "--port", "0", "--driver", driver,
+         "--allow-no-origin", "--heartbeat-interval", "30", "--drain-timeout",
+         str(drain_timeout), "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    peers = []
     try:
         assert process.stdout is not None
         banner = process.stdout.readline()
@@ -280,21 +268,59 @@ def test_sigterm_drains_with_1001_and_exits_0(driver: str) -> None:
         target = f"ws://127.0.0.1:{port}/chat"
         node = node_client(target, "room", seconds=60)
         py = python_client(target, "room")
-        node.wait_event("open", 10)
-        py.wait_event("open", 10)
+        straggler = python_client(target, "room")
+        peers = [node, py, straggler]
+        for peer in peers:
+            peer.wait_event("open", 10)
+        straggler.pause()
+        started = time.monotonic()
         process.terminate()  # SIGTERM
         assert node.wait_event("close", 10)["code"] == 1001
         assert py.wait_event("close", 10)["code"] == 1001
+
+        async def late_handshake() -> int:
+            try:
+                async with websockets.connect(target, open_timeout=5):
+                    return 101
+            except InvalidStatus as refused:
+                return refused.response.status_code
+
+        assert asyncio.run(late_handshake()) == 503
         assert process.wait(15) == 0
-        node.kill()
-        py.kill()
+        assert time.monotonic() - started < drain_timeout + 3
     finally:
+        for peer in peers:
+            peer.kill()
         if process.poll() is None:
             process.kill()
         process.wait(10)
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_metrics_and_health_are_served_on_the_same_port(driver: str) -> None:
+    """GET /metrics is Prometheus text with the core's counters; /healthz is ok."""
+    with SERVERS[driver](config()) as server:
+
+        async def one_echo() -> None:
+            async with websockets.connect(url(server)) as ws:
+                await ws.send("x")
+                await ws.recv()
+
+        asyncio.run(one_echo())
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            body = b""
+            while chunk := sock.recv(65536):
+                body += chunk
+        assert body.startswith(b"HTTP/1.1 200 ")
+        assert b"wslifecycle_handshakes_accepted_total 1.0" in body
+        assert b'wslifecycle_connections_closed_total{cause="peer_close"} 1.0' in body
+        assert b"wslifecycle_rtt_seconds_bucket" in body
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).endswith(b"ok\n")
 
 
 # ---------------------------------------------------------------- leaks

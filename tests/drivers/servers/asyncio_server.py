@@ -7,12 +7,15 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tests.drivers.harness import ServerThread
+from wslifecycle.drivers.asyncio import Handler
 
 T = TypeVar("T")
 
 
 class AsyncioServerThread(ServerThread):
     driver = "asyncio"
+    #: A handler of the test's own instead of the relay or echo handler.
+    custom_handler: Handler | None = None
 
     def run(self) -> None:
         asyncio.run(self._serve())
@@ -21,7 +24,7 @@ class AsyncioServerThread(ServerThread):
         from wslifecycle.drivers.asyncio import echo_handler, relay_handler, serve
 
         self.loop = asyncio.get_running_loop()
-        handler = relay_handler if self.mode == "relay" else echo_handler
+        handler = self.custom_handler or (relay_handler if self.mode == "relay" else echo_handler)
         self.server = await serve(handler, "127.0.0.1", 0, config=self.config)
         self.hub = self.server.hub
         self.port = self.server.port
