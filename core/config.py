@@ -64,6 +64,12 @@ class Config:
     max_fragments: int = 1024
     #: Above this many buffered outbound bytes, non-critical sends are skipped.
     write_buffer_guard: int = 1 * MiB
+    #: Slow-consumer policy: a send that finds this many bytes still unwritten
+    #: terminates the connection (SLOW_CONSUMER), so memory stays bounded.
+    max_write_buffer: int = 4 * MiB
+    #: Most ACTIVE or DRAINING connections; upgrades beyond it get 503.
+    #: None: bounded only by the process's descriptors.
+    max_connections: int | None = None
 
     #: Seconds from accepting the TCP connection to a completed upgrade.
     handshake_timeout: float = 10.0
@@ -122,6 +128,15 @@ class Config:
         _int_at_least("max_message_size", self.max_message_size, 1)
         _int_at_least("max_fragments", self.max_fragments, 1)
         _int_at_least("write_buffer_guard", self.write_buffer_guard, 0)
+        _int_at_least("max_write_buffer", self.max_write_buffer, 1)
+        if self.max_write_buffer < self.write_buffer_guard:
+            raise ConfigError(
+                "max_write_buffer",
+                f"must be at least write_buffer_guard ({self.write_buffer_guard}),"
+                f" got {self.max_write_buffer}",
+            )
+        if self.max_connections is not None:
+            _int_at_least("max_connections", self.max_connections, 1)
         _positive_number("handshake_timeout", self.handshake_timeout)
         _positive_number("close_timeout", self.close_timeout)
         _positive_number("drain_timeout", self.drain_timeout)

@@ -152,8 +152,9 @@ class ConnectionLifecycle:
     def request_upgrade(self, now: float, *, origin: str | None, host: str | None) -> bool:
         """A well-formed upgrade request arrived. Returns whether it is accepted.
 
-        Refused with HTTP 503 while the server drains and 403 when the origin
-        policy says no (both before any upgrade); accepted otherwise.
+        Refused with HTTP 503 while the server drains, 403 when the origin
+        policy says no, and 503 when ``max_connections`` are ACTIVE or
+        DRAINING (all before any upgrade); accepted otherwise.
         """
         scheduler = self._scheduler
         if scheduler.draining:
@@ -162,6 +163,12 @@ class ConnectionLifecycle:
         if not origin_allowed(scheduler.config, origin, host):
             self._reject(now, 403, "origin not allowed", TerminationCause.ORIGIN_REJECTED)
             return False
+        limit = scheduler.config.max_connections
+        if limit is not None:
+            counts = scheduler.metrics.connections
+            if counts[ACTIVE] + counts[DRAINING] >= limit:
+                self._reject(now, 503, "server is full", TerminationCause.CONNECTION_LIMIT)
+                return False
         self._move(Input.UPGRADE_ACCEPTED, None)
         scheduler.metrics.handshakes_accepted += 1
         self._actions.append(AcceptUpgrade(self.id))
@@ -269,7 +276,9 @@ class ConnectionLifecycle:
 
         ``buffered`` is the transport's outbound buffer in bytes. A
         non-critical send is skipped (and counted) while it is at or above the
-        write-buffer guard; a critical one always goes out. A ``sequenced``
+        write-buffer guard; a critical one goes out until ``max_write_buffer``,
+        where the connection is terminated as a slow consumer (and None is
+        returned: the message was not sent). A ``sequenced``
         send advances ``seq``, the number the client reports back for drift
         detection; replies that carry no state (echoes, acknowledgements) pass
         ``sequenced=False``. Raises :class:`ConnectionClosed` once the
@@ -281,7 +290,12 @@ class ConnectionLifecycle:
                 next_state(state, Input.SEND)  # raises InvalidTransition
             raise ConnectionClosed(f"connection {self.id} is {state.value}; cannot send")
         scheduler = self._scheduler
-        if not critical and buffered >= scheduler.config.write_buffer_guard:
+        config = scheduler.config
+        if buffered >= config.max_write_buffer:
+            # The peer stopped reading: cut it before its backlog grows further.
+            self._terminate(Input.TERMINATE, TerminationCause.SLOW_CONSUMER)
+            return None
+        if not critical and buffered >= config.write_buffer_guard:
             scheduler.metrics.sends_skipped += 1
             return None
         if sequenced:

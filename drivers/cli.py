@@ -64,6 +64,14 @@ def parser() -> argparse.ArgumentParser:
     add("--max-message-size", type=int, default=1024 * 1024, metavar="BYTES")
     add("--max-fragments", type=int, default=1024, metavar="N")
     add("--write-buffer-guard", type=int, default=1024 * 1024, metavar="BYTES")
+    add(
+        "--max-write-buffer",
+        type=int,
+        default=4 * 1024 * 1024,
+        metavar="BYTES",
+        help="a peer this far behind is terminated as a slow consumer",
+    )
+    add("--max-connections", type=int, default=None, metavar="N", help="more get HTTP 503")
     add("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     add("--close-timeout", type=float, default=10.0, metavar="SECONDS")
     add("--drain-timeout", type=float, default=10.0, metavar="SECONDS")
@@ -89,6 +97,8 @@ def build_config(args: argparse.Namespace) -> Config:
         max_message_size=args.max_message_size,
         max_fragments=args.max_fragments,
         write_buffer_guard=args.write_buffer_guard,
+        max_write_buffer=args.max_write_buffer,
+        max_connections=args.max_connections,
         handshake_timeout=args.handshake_timeout,
         close_timeout=args.close_timeout,
         drain_timeout=args.drain_timeout,

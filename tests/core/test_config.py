@@ -300,3 +300,14 @@ def test_the_request_line_cap_fits_inside_the_head_cap() -> None:
         Config(max_request_line=4096, max_header_bytes=1024)
     assert raised.value.field == "max_request_line"
     assert Config(max_request_line=1024, max_header_bytes=1024).max_headers == 64
+
+
+def test_the_hard_write_buffer_limit_is_above_the_guard() -> None:
+    """max_write_buffer below write_buffer_guard would terminate before skipping."""
+    with pytest.raises(ConfigError) as raised:
+        Config(write_buffer_guard=2048, max_write_buffer=1024)
+    assert raised.value.field == "max_write_buffer"
+    with pytest.raises(ConfigError) as zero:
+        Config(max_connections=0)
+    assert zero.value.field == "max_connections"
+    assert Config(max_connections=10).max_connections == 10

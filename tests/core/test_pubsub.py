@@ -205,3 +205,41 @@ def test_an_ack_that_lags_produces_a_state_drift_notice() -> None:
     assert texts(a) == [{"type": "STATE_DRIFT", "serverSeq": 2, "clientSeq": 1}]
     assert b.lifecycle.state is State.ACTIVE
     assert a.lifecycle.cause is TerminationCause.APPLICATION_CLOSE
+
+
+# ------------------------------------------------------------- guard rails
+
+
+def test_a_peer_that_stops_reading_is_terminated_as_a_slow_consumer() -> None:
+    """Slow-consumer policy (DESIGN §6): non-critical sends are skipped at the
+    guard; any send that finds max_write_buffer unwritten terminates."""
+    hub = make_hub(write_buffer_guard=1000, max_write_buffer=4000)
+    wire = connect(hub)
+    hub.subscribe(wire, "news")
+    wire.write_buffer_size = 1500
+    assert wire.send("skipped", 1.0) is None
+    assert wire.send("critical goes out", 1.0, critical=True) == 1
+    wire.data_to_send()
+    wire.write_buffer_size = 4000
+    assert wire.send("one too many", 1.0, critical=True) is None
+    assert wire.lifecycle.cause is TerminationCause.SLOW_CONSUMER
+    assert hub.broker.members("news") == []
+    with pytest.raises(ConnectionClosed):
+        wire.send("after", 1.0)
+
+
+def test_upgrades_beyond_max_connections_get_503() -> None:
+    """A flood beyond max_connections is refused with 503 before the upgrade;
+    a slot freed by a close is usable again."""
+    hub = make_hub(max_connections=2)
+    first, second = connect(hub), connect(hub)
+    third = hub.open(0.0)
+    third.receive_data(upgrade_request(), 0.0)
+    assert third.data_to_send().startswith(b"HTTP/1.1 503 ")
+    assert third.lifecycle.cause is TerminationCause.CONNECTION_LIMIT
+    first.lifecycle.terminate(1.0, TerminationCause.SLOW_CONSUMER)
+    first.pump(1.0)
+    fourth = hub.open(1.0)
+    fourth.receive_data(upgrade_request(), 1.0)
+    assert fourth.data_to_send().startswith(b"HTTP/1.1 101 ")
+    assert second.lifecycle.state is State.ACTIVE

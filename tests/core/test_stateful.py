@@ -210,9 +210,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         else:
             before = lifecycle.seq
             seq = lifecycle.send(data, buffered=buffered, critical=critical)
-            skipped = not critical and buffered >= self.config.write_buffer_guard
+            slow = buffered >= self.config.max_write_buffer
+            skipped = slow or (not critical and buffered >= self.config.write_buffer_guard)
             assert (seq is None) == skipped
             assert lifecycle.seq == before + (0 if skipped else 1)
+            if slow:  # the slow-consumer policy terminated it
+                assert lifecycle.cause is not None
+                assert lifecycle.state is State.CLOSED
         self.collect(lifecycle)
 
     @rule(lifecycle=conns, channel=CHANNELS, join=st.booleans())
