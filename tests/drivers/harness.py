@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from wslifecycle import Config, MetricsSnapshot
 from wslifecycle.hub import Hub
@@ -97,7 +97,7 @@ class ServerThread:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name=f"server-{self.driver}")
 
-    def start(self) -> ServerThread:
+    def start(self) -> Self:
         self._thread.start()
         if not self._ready.wait(10):
             raise TimeoutError("server did not start")
@@ -148,7 +148,7 @@ class ServerThread:
     def _id_for_port(self, port: int) -> str | None:
         raise NotImplementedError
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
