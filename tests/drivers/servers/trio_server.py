@@ -1,0 +1,65 @@
+"""The Trio driver's server, in a thread, for the conformance suite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
+
+import trio
+
+from tests.drivers.harness import ServerThread
+from wslifecycle.drivers.trio import Handler, Server, echo_handler, relay_handler, serve
+
+T = TypeVar("T")
+
+
+class TrioServerThread(ServerThread):
+    driver = "trio"
+    #: A handler of the test's own instead of the relay or echo handler.
+    custom_handler: Handler | None = None
+
+    def run(self) -> None:
+        trio.run(self._serve)
+
+    async def _serve(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        handler = self.custom_handler or (relay_handler if self.mode == "relay" else echo_handler)
+        async with trio.open_nursery() as nursery:
+            self.server: Server = await nursery.start(
+                partial(serve, handler, "127.0.0.1", 0, config=self.config)
+            )
+            self.hub = self.server.hub
+            self.port = self.server.port
+            self._ready.set()
+
+    def request_drain(self) -> None:
+        trio.from_thread.run_sync(self.server.begin_drain, trio_token=self.token)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        return trio.from_thread.run_sync(fn, trio_token=self.token)
+
+    def task_count(self) -> int:
+        """Every task in the Trio run (the server's, and the root's)."""
+
+        def count(task: trio.lowlevel.Task) -> int:
+            return 1 + sum(
+                count(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+            )
+
+        return self.call(lambda: count(trio.lowlevel.current_root_task()))  # type: ignore[arg-type]
+
+    def _id_for_port(self, port: int) -> str | None:
+        for conn in self.server.connections:
+            stream = conn._stream
+            if isinstance(stream, trio.SocketStream):
+                try:
+                    peer = stream.socket.getpeername()
+                except OSError:
+                    continue
+                if peer[1] == port:
+                    return conn.id
+        return None
+
+
+SERVER = TrioServerThread
