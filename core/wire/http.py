@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import re
 
 import h11
 
@@ -122,59 +123,64 @@ class Refusal:
 
 Verdict = UpgradeRequest | PlainRequest | Refusal
 
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
 
 class RequestReader:
-    """Reads one request head with h11 and returns a :data:`Verdict`.
+    """Reads one request head and returns a :data:`Verdict`.
 
-    Feed it until it returns a verdict, then discard it."""
+    The head is collected here, bounded by ``max_header_bytes``, and handed to
+    h11 complete, in one call: so every check runs on the same bytes in the
+    same order, and the verdict never depends on how the head was chunked
+    (h11 alone would apply its size cap only to heads still arriving). Feed it
+    until it returns a verdict, then discard it."""
 
-    __slots__ = ("_config", "_h11", "_prefix")
+    __slots__ = ("_buffer", "_config", "_scanned")
 
     def __init__(self, config: Config) -> None:
         self._config = config
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
-        self._prefix = b""  # the first bytes, enough to see the request line end
+        self._buffer = bytearray()
+        self._scanned = 0  # the end of the head is not before this offset
 
     def feed(self, data: bytes) -> Verdict | None:
         """Bytes in; a verdict once the head is complete (None: need more)."""
-        limit = self._config.max_request_line + 2
-        if len(self._prefix) < limit:
-            self._prefix = (self._prefix + data)[:limit]
-        try:
-            self._h11.receive_data(data)
-            event = self._h11.next_event()
-        except h11.RemoteProtocolError as error:
-            return self._refuse_malformed(error)
-        if event is h11.NEED_DATA:
-            return Refusal(414, "request line too long") if self._line_too_long() else None
-        assert isinstance(event, h11.Request)
-        return self._judge(event)
-
-    def _line_too_long(self) -> bool:
-        # h11 only caps the whole head; a request line that is still growing
-        # past its own cap gets 414 without waiting for more.
-        prefix = self._prefix
-        return len(prefix) > self._config.max_request_line and b"\n" not in prefix
-
-    def _refuse_malformed(self, error: h11.RemoteProtocolError) -> Refusal:
-        if error.error_status_hint == 431:
+        buffer = self._buffer
+        buffer += data
+        # h11 ends a head at a blank line: LF, optional CR, LF.
+        match = _BLANK_LINE.search(buffer, max(0, self._scanned - 2))
+        if match is None:
+            self._scanned = len(buffer)
             if self._line_too_long():
                 return Refusal(414, "request line too long")
+            if len(buffer) > self._config.max_header_bytes:
+                return Refusal(431, "request header fields too large")
+            return None
+        if self._line_too_long():
+            return Refusal(414, "request line too long")
+        if match.end() > self._config.max_header_bytes:
             return Refusal(431, "request header fields too large")
-        return Refusal(400, f"malformed request: {error}")
+        connection = h11.Connection(h11.SERVER)
+        connection.receive_data(bytes(buffer))
+        self._buffer = bytearray()
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError as error:
+            return Refusal(400, f"malformed request: {error}")
+        assert isinstance(event, h11.Request)  # a complete head is a request or an error
+        return self._judge(event, connection)
 
-    def _judge(self, event: h11.Request) -> Verdict:
+    def _line_too_long(self) -> bool:
+        buffer = self._buffer
+        end = buffer.find(b"\n", 0, self._config.max_request_line + 2)
+        return (end if end >= 0 else len(buffer)) > self._config.max_request_line
+
+    def _judge(self, event: h11.Request, connection: h11.Connection) -> Verdict:
         config = self._config
         method = event.method.decode("ascii", "replace")
         target = event.target.decode("ascii", "replace")
-        line_length = len(event.method) + len(event.target) + 11  # " HTTP/1.1\r\n"
-        if line_length > config.max_request_line:
-            return Refusal(414, "request line too long")
+        # Line length and head size were checked on the raw bytes in feed().
         if len(event.headers) > config.max_headers:
             return Refusal(431, f"more than {config.max_headers} header fields")
-        head = line_length + sum(len(n) + len(v) + 4 for n, v in event.headers) + 2
-        if head > config.max_header_bytes:
-            return Refusal(431, f"request head over {config.max_header_bytes} bytes")
         request = HttpRequest(
             method=method,
             target=target,
@@ -187,9 +193,9 @@ class RequestReader:
             if method not in ("GET", "HEAD"):
                 return Refusal(405, "use GET", (("allow", "GET, HEAD"),))
             return PlainRequest(request)
-        return self._judge_upgrade(request)
+        return self._judge_upgrade(request, connection)
 
-    def _judge_upgrade(self, request: HttpRequest) -> Verdict:
+    def _judge_upgrade(self, request: HttpRequest, connection: h11.Connection) -> Verdict:
         # RFC 6455 §4.2.1, in the order a client can best act on.
         if request.method != "GET":
             return Refusal(405, "a WebSocket upgrade must use GET", (("allow", "GET"),))
@@ -210,7 +216,7 @@ class RequestReader:
             "transfer-encoding"
         ):
             return Refusal(400, "an upgrade request has no body")
-        h11_conn = self._h11
+        h11_conn = connection
         # The GET has no body: h11 ends the message and pauses for the switch;
         # the bytes after the head are the client's first frames.
         while (event := h11_conn.next_event()) is not h11.PAUSED:
