@@ -366,6 +366,7 @@ def test_descriptors_and_tasks_return_to_baseline_after_1000_cycles(
     with SERVERS[driver](config(heartbeat_interval=5.0)) as server:
         fds_before = open_fds()
         tasks_before = server.task_count() if hasattr(server, "task_count") else None
+        threads_before = server.thread_count() if hasattr(server, "thread_count") else None
 
         async def clean_cycles(count: int) -> None:
             for i in range(count):
@@ -384,6 +385,8 @@ def test_descriptors_and_tasks_return_to_baseline_after_1000_cycles(
         assert open_fds() == fds_before
         if tasks_before is not None:
             assert server.task_count() == tasks_before  # type: ignore[attr-defined]
+        if threads_before is not None:  # a driver with threads: none left behind
+            assert server.thread_count() == threads_before  # type: ignore[attr-defined]
         snapshot = server.metrics()
         assert snapshot.handshakes_accepted == 900  # 500 clean + 400 faults after upgrade
         assert snapshot.closed_by_cause  # every one of them ended with a cause
