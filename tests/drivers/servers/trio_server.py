@@ -7,6 +7,7 @@ from functools import partial
 from typing import TypeVar
 
 import trio
+import trio.testing
 
 from tests.drivers.harness import ServerThread
 from wslifecycle.drivers.trio import Handler, Server, echo_handler, relay_handler, serve
@@ -40,14 +41,22 @@ class TrioServerThread(ServerThread):
         return trio.from_thread.run_sync(fn, trio_token=self.token)
 
     def task_count(self) -> int:
-        """Every task in the Trio run (the server's, and the root's)."""
+        """Every task in the Trio run, counted once every task is blocked (a
+        connection's tasks finish a few scheduling steps after its socket is
+        closed, and a count taken in between would see them)."""
 
         def count(task: trio.lowlevel.Task) -> int:
             return 1 + sum(
                 count(child) for nursery in task.child_nurseries for child in nursery.child_tasks
             )
 
-        return self.call(lambda: count(trio.lowlevel.current_root_task()))  # type: ignore[arg-type]
+        async def settled() -> int:
+            await trio.testing.wait_all_tasks_blocked()
+            root = trio.lowlevel.current_root_task()
+            assert root is not None
+            return count(root) - 1  # not this helper's own task
+
+        return trio.from_thread.run(settled, trio_token=self.token)
 
     def _id_for_port(self, port: int) -> str | None:
         for conn in self.server.connections:
