@@ -1,0 +1,789 @@
+"""Side-by-side benchmark (issue 7): wslifecycle against other WebSocket servers.
+
+    .venv/bin/python -m tests.bench.compare                 # full run, ~25 minutes
+    .venv/bin/python -m tests.bench.compare --quick         # tiny numbers, a smoke test
+    .venv/bin/python -m tests.bench.compare --scenario cpu,detect --servers wsl-asyncio,websockets
+
+Needs gcc (the load generator is C), ``npm ci --prefix tests/bench/node`` for
+the Node.js ws server, and optionally aiohttp and uvloop in the venv; a
+server whose pieces are missing is left out and the table says why.
+
+One server at a time, each scenario on a fresh server process bound to
+127.0.0.1, all driven by the same load generator: ``wslifecycle serve`` on
+every driver that starts (through ``tests/bench/peers/wsl_serve.py``, which
+runs the real CLI and adds the lag probe), optionally on uvloop, a
+``websockets`` asyncio server, an aiohttp server and a Node.js ``ws`` server
+running the ws README's heartbeat (``tests/bench/peers/``, ``tests/bench/node/``).
+
+The load generator is ``wsgen.c``, compiled with gcc at the start of each
+run: one thread, epoll, raw non-blocking sockets and a minimal RFC 6455
+client. Python clients (websockets, aiohttp) cost tens of microseconds per
+ping answered and a task per connection, so at 19,900 connections pinged
+every second they would saturate a core of this 2-core machine and become
+the bottleneck; a Node.js ws client costs a few KiB of heap and several µs
+per frame. The C client answers a ping in well under a microsecond of its
+own CPU and holds a connection in ~100 bytes, so the server's core is the
+one that saturates. Its CPU (utime+stime from /proc/<pid>/stat, every
+generator process) is printed beside the server's in every row. It runs up
+to 10,000 connections per process (the hard limit here is 20,000
+descriptors per process), from its own block of 127.x source addresses.
+
+Scenarios (``--scenario`` takes the names or numbers):
+
+1. ``memory``: 10,000 idle connections (30 s heartbeat): server RSS delta per
+   connection; kernel memory per connection estimated as half the
+   machine-wide delta of /proc/meminfo Slab plus /proc/net/sockstat TCP
+   buffer pages (both ends of a loopback connection live in this kernel).
+2. ``cpu``: 1,000, 10,000 and 19,900 connections pinged every 1 s: server
+   CPU per ping/pong answered (Δ server CPU / Δ pongs the generator sent),
+   lag p99 from the probe, healthy peers terminated. 19,900, not the issue's
+   30,000: one process may hold at most 20,000 descriptors here. The
+   19,900 run is also the **overload** case.
+3. ``detect``: 1,000 connections, every 10th goes silent (the generator stops
+   reading and answering, TCP kept open): time from silence to the server's
+   FIN or RST, against the nominal window (M+1)·I, and healthy peers
+   terminated; then again while 100 of the healthy ones run scenario 5's load.
+4. ``echo``: one connection, closed-loop echo of 64-byte and 16 KiB binary
+   messages: round trips per second.
+5. ``throughput``: 100 connections, closed-loop 64-byte echo: messages per second.
+6. ``fanout``: 10,000 subscribers of one channel, one publish at a time:
+   delivery latency p50/p99 (publish stamp → arrival at the generator).
+7. ``cycles``: 100,000 connect-handshake-close cycles, 32 at a time:
+   handshakes per second, server RSS before and after.
+
+The event-loop lag of every server is measured by the same probe: a 10 ms
+timer inside the server measures how late it fires (``peers/lagprobe.py``,
+and ``setTimeout`` in the Node.js server). Targets of issue 7 are for the
+asyncio driver, as ratios to websockets in the same run, plus the absolute
+ones; the table marks each. Results go to stdout and to
+``tests/bench/results/compare-<date>.md`` (``--out`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from tests.bench._gen import GeneratorError, GeneratorPool, build_generator
+from tests.bench._procs import kernel_memory, kill_all
+from tests.bench._servers import SERVERS, Heartbeat, RunningServer, ServerKind, versions
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+MAX_CONNECTIONS = 19_900  # one server process: at most 20,000 descriptors
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    name: str
+    memory_connections: int
+    settle: float
+    cpu_counts: tuple[int, ...]
+    cpu_warmup: float
+    cpu_window: float
+    overload_window: float
+    interval: float
+    detect_connections: int
+    detect_echo: int
+    echo_warmup: float
+    echo_window: float
+    throughput_connections: int
+    fanout_subscribers: int
+    fanout_rounds: int
+    cycles: int
+    cycles_seconds: int
+    idle_interval: float = 30.0
+
+
+FULL = Plan(
+    name="full",
+    memory_connections=10_000,
+    settle=3.0,
+    cpu_counts=(1_000, 10_000, MAX_CONNECTIONS),
+    cpu_warmup=3.0,
+    cpu_window=8.0,
+    overload_window=12.0,
+    interval=1.0,
+    detect_connections=1_000,
+    detect_echo=100,
+    echo_warmup=1.0,
+    echo_window=5.0,
+    throughput_connections=100,
+    fanout_subscribers=10_000,
+    fanout_rounds=5,
+    cycles=100_000,
+    cycles_seconds=60,
+)
+QUICK = Plan(
+    name="quick",
+    memory_connections=100,
+    settle=0.5,
+    cpu_counts=(100,),
+    cpu_warmup=0.5,
+    cpu_window=1.0,
+    overload_window=1.0,
+    interval=0.25,
+    detect_connections=100,
+    detect_echo=10,
+    echo_warmup=0.2,
+    echo_window=1.0,
+    throughput_connections=10,
+    fanout_subscribers=100,
+    fanout_rounds=2,
+    cycles=200,
+    cycles_seconds=10,
+)
+
+SCENARIOS = ("memory", "cpu", "detect", "echo", "throughput", "fanout", "cycles")
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table: one server in one scenario."""
+
+    key: str  # groups rows for the websockets ratio, e.g. "cpu-10000"
+    scenario: str
+    server: str
+    result: str
+    server_cpu: str = "–"
+    generator_cpu: str = "–"
+    value: float | None = None  # the number the ratio is taken of
+    check: tuple[bool, str] | None = None  # an absolute target: met?, what
+
+
+@dataclasses.dataclass
+class Context:
+    plan: Plan
+    binary: pathlib.Path
+    workdir: pathlib.Path
+    deadline: float
+
+
+# Targets of issue 7 for the asyncio driver, as ratios to websockets.
+RATIO_TARGETS: dict[str, tuple[str, float]] = {
+    "memory": ("≤", 0.4),
+    "echo-64": ("≥", 1.0),
+    "echo-16384": ("≥", 0.7),
+}
+CPU_TARGET = 0.3
+LAG_TARGET = 0.050
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percent(cpu: float, seconds: float) -> str:
+    return f"{100 * cpu / seconds:.0f} %" if seconds > 0 else "–"
+
+
+def micro(seconds: float) -> str:
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def milli(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.2f} s"
+
+
+def kib(n: float) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def connect_note(connected: dict[str, Any]) -> str:
+    """What went wrong while connecting, if anything ("" if nothing)."""
+    notes = []
+    if connected["failed"]:
+        notes.append(f"{connected['failed']:,} failed to connect")
+    if connected["skipped"]:
+        notes.append(f"{connected['skipped']:,} not started within the connect budget")
+    return "; " + "; ".join(notes) if notes else ""
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextlib.contextmanager
+def running(
+    ctx: Context, kind: ServerKind, hb: Heartbeat, tag: str, connections: int
+) -> Iterator[tuple[RunningServer, GeneratorPool]]:
+    server = RunningServer(kind, hb, ctx.workdir, tag)
+    try:
+        with GeneratorPool(ctx.binary, server.port, ctx.workdir, connections) as pool:
+            yield server, pool
+    finally:
+        server.stop()
+
+
+@dataclasses.dataclass
+class Window:
+    seconds: float
+    server_cpu: float
+    generator_cpu: float
+    before: dict[str, int]
+    after: dict[str, int]
+    lag: list[int]
+
+    def delta(self, key: str) -> int:
+        return self.after.get(key, 0) - self.before.get(key, 0)
+
+    def lag_p99(self) -> float:
+        return quantile(self.lag, 0.99) / 1e6 if self.lag else float("nan")
+
+
+def measure(server: RunningServer, pool: GeneratorPool, seconds: float) -> Window:
+    """Server CPU, generator CPU, generator counters and lag over ``seconds``."""
+    before = pool.stats()
+    c0, g0, t0 = server.cpu(), pool.cpu(), time.monotonic()
+    time.sleep(seconds)
+    c1, g1, t1 = server.cpu(), pool.cpu(), time.monotonic()
+    after = pool.stats()
+    time.sleep(0.6)  # the probe's line for the last second
+    return Window(t1 - t0, c1 - c0, g1 - g0, before, after, server.lag_samples(t0, t1))
+
+
+def cpu_cells(window: Window) -> tuple[str, str]:
+    return percent(window.server_cpu, window.seconds), percent(window.generator_cpu, window.seconds)
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def scenario_memory(ctx: Context, kind: ServerKind) -> list[Row]:
+    n = ctx.plan.memory_connections
+    title = f"1. idle memory per connection, {n:,} connections"
+    with running(ctx, kind, Heartbeat(ctx.plan.idle_interval), "memory", n) as (server, pool):
+        time.sleep(ctx.plan.settle)
+        rss0, (slab0, tcp0) = server.rss(), kernel_memory()
+        connected = pool.connect(n)
+        window = measure(server, pool, ctx.plan.settle)
+        rss1, (slab1, tcp1) = server.rss(), kernel_memory()
+    user = (rss1 - rss0) / max(1, connected["ok"])
+    kernel = ((slab1 - slab0) + (tcp1 - tcp0)) / 2 / max(1, connected["ok"])
+    server_cpu, generator_cpu = cpu_cells(window)
+    result = (
+        f"RSS +{kib(user)}/conn, kernel ≈ {kib(kernel)}/conn "
+        f"(RSS {rss0 / 2**20:.0f} → {rss1 / 2**20:.0f} MiB; {connected['ok']:,} open)"
+        + connect_note(connected)
+    )
+    return [Row("memory", title, kind.key, result, server_cpu, generator_cpu, user)]
+
+
+def scenario_cpu(ctx: Context, kind: ServerKind, counts: Sequence[int]) -> list[Row]:
+    rows = []
+    plan = ctx.plan
+    for n in counts:
+        hb = Heartbeat(plan.interval)
+        overload = n == plan.cpu_counts[-1]  # the most a process may hold (19,900)
+        title = f"2. CPU per ping/pong, {n:,} connections, {plan.interval:g} s interval"
+        with running(ctx, kind, hb, f"cpu{n}", n) as (server, pool):
+            connected = pool.connect(n)
+            time.sleep(plan.cpu_warmup)
+            window = measure(server, pool, plan.overload_window if overload else plan.cpu_window)
+            alive = server.alive()
+        pongs = window.delta("pings")
+        terminated = window.after.get("server_closed", 0)
+        per_pong = window.server_cpu / pongs if pongs else float("nan")
+        lag = window.lag_p99()
+        server_cpu, generator_cpu = cpu_cells(window)
+        nominal = n / plan.interval
+        result = (
+            f"{micro(per_pong)} CPU per ping/pong; {pongs / window.seconds:,.0f} pongs/s "
+            f"(nominal {nominal:,.0f}); lag p99 {milli(lag)}; "
+            f"{terminated:,} healthy terminated"
+            + connect_note(connected)
+            + f"; connected in {connected['seconds']:.1f} s"
+            + ("" if alive else "; SERVER EXITED")
+        )
+        check = None
+        if overload:
+            met = lag < LAG_TARGET and terminated == 0 and connected["ok"] == n
+            check = (met, f"lag p99 < 50 ms and 0 false terminations at {n:,}")
+        rows.append(
+            Row(f"cpu-{n}", title, kind.key, result, server_cpu, generator_cpu, per_pong, check)
+        )
+        if overload:
+            rows.append(
+                Row(
+                    "overload",
+                    f"overload: {n:,} connections, {plan.interval:g} s heartbeat "
+                    f"(the run above, {window.seconds:.0f} s window)",
+                    kind.key,
+                    f"{terminated:,} healthy peers terminated of {connected['ok']:,}"
+                    + connect_note(connected),
+                    server_cpu,
+                    generator_cpu,
+                    float(terminated),
+                    (terminated == 0 and connected["ok"] == n, "0 healthy peers terminated"),
+                )
+            )
+    return rows
+
+
+def scenario_detect(ctx: Context, kind: ServerKind) -> list[Row]:
+    rows = []
+    plan = ctx.plan
+    hb = Heartbeat(plan.interval, 2, "window")
+    n = ctx.plan.detect_connections
+    for under_load in (False, True):
+        key = "detect-load" if under_load else "detect"
+        title = (
+            f"3. dead-peer detection, {n:,} connections, 10% silent"
+            + (f", {plan.detect_echo} others echoing (5)" if under_load else "")
+            + f"; nominal window {hb.window:g} s"
+        )
+        with running(ctx, kind, hb, key, n) as (server, pool):
+            connected = pool.connect(n)
+            if under_load:
+                pool.call_all(f"echo {plan.detect_echo} 64", "echo")
+            time.sleep(2 * plan.interval)
+            before = pool.stats()
+            c0, g0, t0 = server.cpu(), pool.cpu(), time.monotonic()
+            silent = sum(r["count"] for r in pool.call_all("silent 10", "silent"))
+            limit = t0 + 2 * hb.window + 5
+            after = before
+            while time.monotonic() < limit:
+                time.sleep(0.25)
+                after = pool.stats()
+                if after.get("silent_open", 0) == 0:
+                    break
+            time.sleep(max(0.0, plan.interval))  # a little longer: late false terminations
+            after = pool.stats()
+            c1, g1, t1 = server.cpu(), pool.cpu(), time.monotonic()
+            detected = [us / 1e6 for r in pool.call_all("detect", "detect") for us in r["us"]]
+            time.sleep(0.6)
+            lag = server.lag_samples(t0, t1)
+        terminated = after.get("server_closed", 0)
+        still_open = after.get("silent_open", 0)
+        lag_max = max(lag) / 1e6 if lag else 0.0
+        echo_rate = (after.get("echo", 0) - before.get("echo", 0)) / (t1 - t0)
+        p50, p99 = quantile(detected, 0.5), quantile(detected, 0.99)
+        worst = max(detected) if detected else float("nan")
+        result = (
+            f"teardown p50 {p50:.2f} s, p99 {p99:.2f} s, max {worst:.2f} s "
+            f"({len(detected)}/{silent} detected"
+            + (f", {still_open} never" if still_open else "")
+            + f"); {terminated} healthy terminated"
+            + (f"; echo {echo_rate:,.0f} msg/s" if under_load else "")
+            + f"; lag max {milli(lag_max)}"
+            + connect_note(connected)
+        )
+        bound = hb.window + 2 * lag_max
+        met = bool(detected) and not still_open and worst <= bound and terminated == 0
+        check = (met, f"max ≤ (M+1)·I + 2L = {bound:.3f} s and 0 false terminations")
+        rows.append(
+            Row(
+                key,
+                title,
+                kind.key,
+                result,
+                percent(c1 - c0, t1 - t0),
+                percent(g1 - g0, t1 - t0),
+                worst,
+                check,
+            )
+        )
+    return rows
+
+
+def scenario_echo(ctx: Context, kind: ServerKind) -> list[Row]:
+    rows = []
+    with running(ctx, kind, Heartbeat(ctx.plan.idle_interval), "echo", 1) as (server, pool):
+        pool.connect(1)
+        for size in (64, 16384):
+            pool.call_all(f"echo 1 {size}", "echo")
+            time.sleep(ctx.plan.echo_warmup)
+            window = measure(server, pool, ctx.plan.echo_window)
+            pool.call_all("echo_stop", "echo_stop")
+            time.sleep(0.1)
+            rate = window.delta("echo") / window.seconds
+            server_cpu, generator_cpu = cpu_cells(window)
+            label = "64-byte" if size == 64 else "16 KiB"
+            rows.append(
+                Row(
+                    f"echo-{size}",
+                    f"4. one connection, {label} echo",
+                    kind.key,
+                    f"{rate:,.0f} round trips/s (lag p99 {milli(window.lag_p99())})",
+                    server_cpu,
+                    generator_cpu,
+                    rate,
+                )
+            )
+    return rows
+
+
+def scenario_throughput(ctx: Context, kind: ServerKind) -> list[Row]:
+    n = ctx.plan.throughput_connections
+    with running(ctx, kind, Heartbeat(ctx.plan.idle_interval), "throughput", n) as (server, pool):
+        pool.connect(n)
+        pool.call_all(f"echo {n} 64", "echo")
+        time.sleep(ctx.plan.echo_warmup)
+        window = measure(server, pool, ctx.plan.echo_window)
+        pool.call_all("echo_stop", "echo_stop")
+    rate = window.delta("echo") / window.seconds
+    server_cpu, generator_cpu = cpu_cells(window)
+    return [
+        Row(
+            "throughput",
+            f"5. {n} connections, 64-byte echo, one in flight each",
+            kind.key,
+            f"{rate:,.0f} messages/s (lag p99 {milli(window.lag_p99())})",
+            server_cpu,
+            generator_cpu,
+            rate,
+        )
+    ]
+
+
+def scenario_fanout(ctx: Context, kind: ServerKind) -> list[Row]:
+    subscribers = ctx.plan.fanout_subscribers
+    n = subscribers + 1  # connection 0 of the first generator publishes
+    hb = Heartbeat(ctx.plan.idle_interval)
+    with running(ctx, kind, hb, "fanout", n) as (server, pool):
+        connected = pool.connect(n)
+        for i, generator in enumerate(pool.generators):
+            generator.send(f"subscribe bench {1 if i == 0 else 0}")
+        for generator in pool.generators:
+            generator.wait("subscribing", 30)
+        limit = time.monotonic() + 60 + subscribers / 200
+        while pool.stats().get("subscribed", 0) < connected["ok"] - 1:
+            if time.monotonic() > limit:
+                raise GeneratorError("not every subscription was confirmed in time")
+            time.sleep(0.2)
+        publisher = pool.generators[0]
+        latencies: list[float] = []
+        lasts: list[float] = []
+        c0, g0, t0 = server.cpu(), pool.cpu(), time.monotonic()
+        for _ in range(ctx.plan.fanout_rounds):
+            before = pool.stats().get("msgs", 0)
+            publisher.call("publish bench", "published")
+            limit = time.monotonic() + 30
+            while pool.stats().get("msgs", 0) - before < connected["ok"]:
+                if time.monotonic() > limit:
+                    break
+                time.sleep(0.05)
+            round_latencies = [us / 1e6 for r in pool.call_all("lat", "lat") for us in r["us"]]
+            latencies += round_latencies
+            if round_latencies:
+                lasts.append(max(round_latencies))
+            time.sleep(0.2)
+        c1, g1, t1 = server.cpu(), pool.cpu(), time.monotonic()
+    delivered = len(latencies)
+    expected = ctx.plan.fanout_rounds * (connected["ok"] - 1)
+    result = (
+        f"delivery p50 {milli(quantile(latencies, 0.5))}, p99 {milli(quantile(latencies, 0.99))}, "
+        f"last {milli(statistics.median(lasts) if lasts else float('nan'))} (median of "
+        f"{ctx.plan.fanout_rounds} publishes; {delivered:,}/{expected:,} delivered)"
+    )
+    return [
+        Row(
+            "fanout",
+            f"6. fan-out of one publish to {subscribers:,} subscribers",
+            kind.key,
+            result,
+            percent(c1 - c0, t1 - t0),
+            percent(g1 - g0, t1 - t0),
+            quantile(latencies, 0.99),
+        )
+    ]
+
+
+def scenario_cycles(ctx: Context, kind: ServerKind) -> list[Row]:
+    total = ctx.plan.cycles
+    hb = Heartbeat(ctx.plan.idle_interval)
+    with running(ctx, kind, hb, "cycles", 1) as (server, pool):
+        time.sleep(ctx.plan.settle)
+        rss0 = server.rss()
+        c0, g0 = server.cpu(), pool.cpu()
+        generator = pool.generators[0]
+        done = generator.call(
+            f"cycles {total} 32 {ctx.plan.cycles_seconds}", "cycles", ctx.plan.cycles_seconds + 60
+        )
+        c1, g1 = server.cpu(), pool.cpu()
+        time.sleep(ctx.plan.settle)
+        rss1 = server.rss()
+    seconds = done["seconds"]
+    rate = done["done"] / seconds if seconds else 0.0
+    result = (
+        f"{rate:,.0f} handshakes/s ({done['done']:,} cycles in {seconds:.1f} s"
+        + (f", {done['failed']:,} failed" if done["failed"] else "")
+        + (f", {done['nofin']:,} without server FIN" if done["nofin"] else "")
+        + f"); RSS {rss0 / 2**20:.1f} → {rss1 / 2**20:.1f} MiB"
+    )
+    return [
+        Row(
+            "cycles",
+            f"7. connect-handshake-close cycles ({total:,}, 32 at a time)",
+            kind.key,
+            result,
+            percent(c1 - c0, seconds),
+            percent(g1 - g0, seconds),
+            rate,
+        )
+    ]
+
+
+RUNNERS: dict[str, Callable[[Context, ServerKind], list[Row]]] = {
+    "memory": scenario_memory,
+    "cpu": lambda ctx, kind: scenario_cpu(ctx, kind, ctx.plan.cpu_counts),
+    "overload": lambda ctx, kind: scenario_cpu(ctx, kind, ctx.plan.cpu_counts[-1:]),
+    "detect": scenario_detect,
+    "echo": scenario_echo,
+    "throughput": scenario_throughput,
+    "fanout": scenario_fanout,
+    "cycles": scenario_cycles,
+}
+
+
+# -------------------------------------------------------------------- table
+
+
+def _ratio_cell(row: Row, reference: Row | None) -> str:
+    if reference is None or row.value is None or reference.value in (None, 0.0):
+        return "–"
+    if row.value != row.value or reference.value != reference.value:  # NaN
+        return "–"
+    assert reference.value is not None
+    return f"{row.value / reference.value:.2f}×"
+
+
+def _target_cell(row: Row, reference: Row | None) -> str:
+    if row.server != "wsl-asyncio":
+        return ""
+    verdicts = []
+    goal: tuple[str, float] | None = RATIO_TARGETS.get(row.key)
+    if row.key.startswith("cpu-"):
+        goal = ("≤", CPU_TARGET)
+    if goal is not None:
+        sign, limit = goal
+        if reference is None or reference.value in (None, 0.0) or row.value is None:
+            verdicts.append(f"{sign} {limit}× websockets: no reference")
+        else:
+            assert reference.value is not None
+            ratio = row.value / reference.value
+            met = ratio <= limit if sign == "≤" else ratio >= limit
+            verdicts.append(f"{'✅' if met else '❌'} {sign} {limit}× websockets")
+    if row.check is not None:
+        met, what = row.check
+        verdicts.append(f"{'✅' if met else '❌'} {what}")
+    return "; ".join(verdicts)
+
+
+def render(rows: list[Row], header: list[str]) -> str:
+    lines = list(header)
+    lines.append(
+        "| scenario | server | result | server CPU | generator CPU | vs websockets "
+        "| issue 7 target (asyncio driver) |"
+    )
+    lines.append("|---|---|---|---:|---:|---:|---|")
+    by_key: dict[str, dict[str, Row]] = {}
+    for row in rows:
+        by_key.setdefault(row.key, {})[row.server] = row
+    for row in rows:
+        reference = by_key[row.key].get("websockets")
+        lines.append(
+            f"| {row.scenario} | {row.server} | {row.result} | {row.server_cpu} "
+            f"| {row.generator_cpu} | {_ratio_cell(row, reference)} "
+            f"| {_target_cell(row, reference)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    options = argparse.ArgumentParser(
+        prog="python -m tests.bench.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    options.add_argument("--quick", action="store_true", help="tiny numbers: a smoke test")
+    options.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        help="names or numbers, comma-separated (repeatable): "
+        + ", ".join(f"{i + 1}={name}" for i, name in enumerate(SCENARIOS))
+        + ", overload (scenario 2 at 19,900 only); default: all",
+    )
+    options.add_argument(
+        "--servers",
+        default="",
+        help="comma-separated keys (default: all that start): "
+        + ", ".join(kind.key for kind in SERVERS),
+    )
+    options.add_argument("--out", type=pathlib.Path, help="Markdown file to write")
+    options.add_argument("--cycles", type=int, help="scenario 7's count (default 100,000)")
+    options.add_argument(
+        "--max-minutes", type=float, default=45.0, help="skip what is left after this long"
+    )
+    return options.parse_args(argv)
+
+
+def selected_scenarios(requested: list[str]) -> list[str]:
+    if not requested:
+        return list(SCENARIOS)
+    chosen = []
+    for item in ",".join(requested).split(","):
+        item = item.strip()
+        if item.isdigit() and 1 <= int(item) <= len(SCENARIOS):
+            item = SCENARIOS[int(item) - 1]
+        if item not in RUNNERS:
+            raise SystemExit(f"unknown scenario {item!r}; choose from {', '.join(RUNNERS)}")
+        if item not in chosen:
+            chosen.append(item)
+    return chosen
+
+
+def available_servers(
+    wanted: str, binary: pathlib.Path, workdir: pathlib.Path
+) -> tuple[list[ServerKind], list[str]]:
+    keys = [k.strip() for k in wanted.split(",") if k.strip()]
+    known = {kind.key for kind in SERVERS}
+    for key in keys:
+        if key not in known:
+            raise SystemExit(f"unknown server {key!r}; choose from {', '.join(sorted(known))}")
+    kinds = [kind for kind in SERVERS if not keys or kind.key in keys]
+    usable, notes = [], []
+    for kind in kinds:
+        reason = kind.missing()
+        if reason is None:
+            reason = _smoke(kind, binary, workdir)
+        if reason is None:
+            usable.append(kind)
+        else:
+            notes.append(f"{kind.key}: not measured ({reason})")
+            log(f"{kind.key}: not measured ({reason})")
+    return usable, notes
+
+
+def _smoke(kind: ServerKind, binary: pathlib.Path, workdir: pathlib.Path) -> str | None:
+    """Does it start, and does one WebSocket handshake complete? (Drivers are
+    still being written.) None if so, else why not."""
+    try:
+        server = RunningServer(kind, Heartbeat(30.0), workdir, "smoke")
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        return lines[-1] if lines else "did not start"
+    try:
+        with GeneratorPool(binary, server.port, workdir, 1) as pool:
+            if pool.connect(1)["ok"] == 1:
+                return None
+        tail = server.child.stderr_tail(40).splitlines()
+        last = max((i for i, line in enumerate(tail) if "Error" in line), default=None)
+        why = " / ".join(line.strip() for line in tail[last - 2 : last + 1]) if last else ""
+        return "it listens, but no WebSocket handshake completes" + (f": {why}" if why else "")
+    except Exception as error:
+        return f"smoke connection failed: {error}"
+    finally:
+        server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.cycles:
+        plan = dataclasses.replace(plan, cycles=args.cycles)
+    scenarios = selected_scenarios(args.scenario)
+    started = time.monotonic()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="wsl-bench-") as tmp:
+        workdir = pathlib.Path(tmp)
+        binary, compiler = build_generator(workdir)
+        ctx = Context(plan, binary, workdir, started + args.max_minutes * 60)
+        try:
+            kinds, notes = available_servers(args.servers, binary, workdir)
+            for scenario in scenarios:
+                for kind in kinds:
+                    if time.monotonic() > ctx.deadline:
+                        notes.append(f"{scenario} on {kind.key}: skipped (time budget spent)")
+                        continue
+                    log(f"{scenario} on {kind.key}")
+                    try:
+                        new = RUNNERS[scenario](ctx, kind)
+                    except Exception as error:
+                        log(f"{scenario} on {kind.key} failed: {error}")
+                        number = SCENARIOS.index(scenario) + 1 if scenario in SCENARIOS else 2
+                        new = [Row(scenario, f"{number}. {scenario}", kind.key, f"FAILED: {error}")]
+                    for row in new:
+                        log(f"  {row.scenario}: {row.result}")
+                    rows.extend(new)
+        finally:
+            kill_all()
+    rows.sort(key=lambda r: (_order(r.key), [k.key for k in SERVERS].index(r.server)))
+    elapsed = time.monotonic() - started
+    found = versions(SERVERS, compiler)
+    today = datetime.date.today().isoformat()
+    command = "python -m tests.bench.compare" + (
+        " " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""
+    )
+    header = [
+        f"## wslifecycle side by side ({plan.name} run, {today}, {elapsed / 60:.1f} min)",
+        "",
+        f"Command: `{command}`. Machine: {os.cpu_count()} cores, Linux "
+        f"{platform.release()}, loopback only; every server is one process on 127.0.0.1.",
+        "",
+        "Versions: " + ", ".join(f"{name} {version}" for name, version in found.items()) + ".",
+        "",
+        "Settings: wslifecycle interval I, max missed 2 (window 3·I); websockets "
+        "ping_interval=I, ping_timeout=2·I; aiohttp heartbeat=I for load rows and "
+        "heartbeat=2·I (window 1.5·heartbeat = 3·I) for detection; ws README pattern with "
+        "setInterval I for load rows and 1.5·I (window 2·interval = 3·I) for detection. "
+        f"I = {plan.interval:g} s where a row says so, {plan.idle_interval:g} s in the "
+        "others. wslifecycle logs at warning, aiohttp's access log is off.",
+        "",
+    ]
+    footer = [
+        "",
+        "CPU columns: % of one core over the measured window, utime+stime from "
+        "/proc/<pid>/stat (server: its process only; generator: all wsgen processes). "
+        "Lag: a 10 ms timer in each server measures its own lateness. Kernel memory: half "
+        "the machine-wide delta of Slab (/proc/meminfo) plus TCP buffer pages "
+        "(/proc/net/sockstat); both ends of a loopback connection are in this kernel. "
+        "Ratios: this row's number over websockets' (CPU per ping, memory per "
+        "connection, max detection time, delivery p99: lower is better; round trips, "
+        "messages and handshakes per second: higher is better). Scenario 2 runs at "
+        f"{MAX_CONNECTIONS:,} connections, not 30,000: one process may hold at most "
+        "20,000 descriptors here.",
+    ]
+    footer += [f"- {note}" for note in notes]
+    table = render(rows, header) + "\n".join(footer) + "\n"
+    print(table)
+    out = args.out or RESULTS / f"compare-{today}{'-quick' if args.quick else ''}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    log(f"saved {out}")
+    return 0
+
+
+def _order(key: str) -> tuple[int, int]:
+    prefix, _, rest = key.partition("-")
+    names = [*SCENARIOS, "overload"]
+    rank = names.index(prefix) if prefix in names else len(names)
+    if prefix == "overload":
+        rank = SCENARIOS.index("cpu")
+        return rank, 10**9
+    sub = int(rest) if rest.isdigit() else (1 if rest == "load" else 0)
+    return rank, sub
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
