@@ -53,6 +53,11 @@ class TerminationCause(enum.Enum):
     CONNECTION_LIMIT = "connection_limit"
     #: A plain HTTP request (``/healthz``, ``/metrics``) was answered, then closed.
     PLAIN_HTTP = "plain_http"
+    #: The handler stopped taking messages: reading stayed paused for
+    #: max_missed_pongs + 1 heartbeat slots (close 1013, try again later).
+    HANDLER_STALLED = "handler_stalled"
+    #: The server was stopped without a drain (its driver was cancelled).
+    SERVER_STOPPED = "server_stopped"
     #: The TCP connection ended under us (EOF, reset, or a socket error).
     TRANSPORT_LOST = "transport_lost"
 

@@ -11,11 +11,16 @@ core"):
 * ``tick`` the one timer and pump every wire it touched;
 * ``begin_drain`` on SIGTERM;
 * ``subscribe`` / ``unsubscribe`` / ``members`` for pub/sub;
-* ``/healthz`` and ``/metrics`` answers.
+* ``/healthz`` and ``/metrics`` answers;
+* bounded closes: a socket closed gracefully with bytes still unsent (a peer
+  that stopped reading) is reported by ``expired_closes`` after
+  ``close_timeout``, for the driver to drop it.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections import deque
 from collections.abc import Callable
 
 from .actions import Alert
@@ -37,7 +42,7 @@ MetricsExporter = Callable[[MetricsSnapshot], HttpReply]
 class Hub:
     """The shared, sans-IO heart of a server: one scheduler, one broker, many wires."""
 
-    __slots__ = ("_health", "_metrics_exporter", "broker", "scheduler")
+    __slots__ = ("_closing", "_health", "_metrics_exporter", "broker", "scheduler")
 
     def __init__(
         self,
@@ -51,6 +56,9 @@ class Hub:
         self.broker: Broker[ServerConnection] = broker or InMemoryBroker()
         self._metrics_exporter = metrics_exporter
         self._health = health_responder(self.scheduler)
+        # Every close has the same timeout, so arrival order is deadline order.
+        # Weak: a wire whose socket closed in time is the driver's to forget.
+        self._closing: deque[tuple[float, weakref.ref[ServerConnection]]] = deque()
 
     @property
     def config(self) -> Config:
@@ -71,7 +79,12 @@ class Hub:
 
     def next_deadline(self) -> float | None:
         """When the driver's one timer must fire next (None: nothing pending)."""
-        return self.scheduler.next_deadline()
+        deadline = self.scheduler.next_deadline()
+        if self._closing:
+            closing = self._closing[0][0]
+            if deadline is None or closing < deadline:
+                return closing
+        return deadline
 
     def tick(self, now: float) -> list[ServerConnection]:
         """Fire every deadline due by ``now``; returns the wires with output."""
@@ -81,6 +94,22 @@ class Hub:
             wire.pump(now)
             wires.append(wire)
         return wires
+
+    def closing(self, wire: ServerConnection, now: float) -> None:
+        """The driver closed ``wire``'s socket gracefully but bytes are still
+        unsent: it gets ``close_timeout`` to flush them."""
+        self._closing.append((now + self.config.close_timeout, weakref.ref(wire)))
+
+    def expired_closes(self, now: float) -> list[ServerConnection]:
+        """Wires whose graceful close has not finished in time: the driver
+        drops them (RST) if their socket is still open."""
+        closing = self._closing
+        expired = []
+        while closing and closing[0][0] <= now:
+            wire = closing.popleft()[1]()
+            if wire is not None:
+                expired.append(wire)
+        return expired
 
     def take_alerts(self) -> list[Alert]:
         """Server-wide alerts (loop stalls) since the last call."""

@@ -74,6 +74,7 @@ class ConnectionLifecycle:
         "_close_sent",
         "_drift_notice",
         "_last_probe_at",
+        "_paused_slots",
         "_peer_closed",
         "_ping_payload",
         "_probe_id",
@@ -115,6 +116,7 @@ class ConnectionLifecycle:
         self._ping_payload: bytes | None = None
         self._probe_id: str | None = None
         self._active_since_due = False
+        self._paused_slots = 0
         self._awaiting_release = False
         self._close_sent = False
         self._peer_closed = False
@@ -494,6 +496,23 @@ class ConnectionLifecycle:
         interval = config.heartbeat_interval
         slot = self.deadline
         assert slot is not None
+        if self.reading_paused:
+            # The handler is not taking messages, so the peer cannot be judged;
+            # but a handler stuck for as long as a silent peer would be allowed
+            # must not hold the connection forever. (A loop stall counts nothing.)
+            self._paused_slots += 0 if stalled else 1
+            if self._paused_slots > config.max_missed_pongs:
+                self._begin_teardown(
+                    now,
+                    Input.CLOSE,
+                    TerminationCause.HANDLER_STALLED,
+                    CloseCode.TRY_AGAIN_LATER,
+                    "server handler stalled",
+                    drift=True,
+                )
+                return
+        else:
+            self._paused_slots = 0
         missed = max(self.missed_pongs, self.missed_echoes)
         decision = decide(
             now=now,

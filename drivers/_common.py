@@ -26,9 +26,10 @@ from wslifecycle.actions import (
     Terminate,
 )
 from wslifecycle.transitions import State
-from wslifecycle.wire import HttpReply, ServerConnection
+from wslifecycle.wire import HttpReply, ServerConnection, UpgradeRequest
 
 __all__ = [
+    "ConnectionBase",
     "TransportOps",
     "default_entropy",
     "drain_wire",
@@ -37,6 +38,35 @@ __all__ = [
 ]
 
 log = logging.getLogger("wslifecycle")
+
+
+class ConnectionBase:
+    """What every driver's connection shows a handler, read from its wire."""
+
+    __slots__ = ("wire",)
+
+    wire: ServerConnection
+
+    @property
+    def id(self) -> str:
+        return self.wire.lifecycle.id
+
+    @property
+    def state(self) -> State:
+        return self.wire.lifecycle.state
+
+    @property
+    def latency(self) -> float | None:
+        """The last pong's round-trip time in seconds (None before the first)."""
+        return self.wire.lifecycle.latency
+
+    @property
+    def request(self) -> UpgradeRequest | None:
+        """The upgrade request: ``request.request.path``, headers, origin."""
+        return self.wire.request
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.state.value}>"
 
 
 def default_entropy() -> Entropy:
@@ -51,13 +81,14 @@ def default_entropy() -> Entropy:
 
 
 class TransportOps(Protocol):
-    """The four things a driver does with a wire's output."""
+    """What a driver does with a wire's output: bytes, and five events."""
 
     def write(self, data: bytes) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
     def accepted(self) -> None: ...
     def deliver(self, data: str | bytes) -> None: ...
+    def resume_reading(self) -> None: ...
     def closed(self) -> None: ...
 
 
@@ -71,6 +102,10 @@ def drain_wire(wire: ServerConnection, ops: TransportOps) -> None:
             ops.deliver(event.data)
         elif isinstance(event, StateChanged):
             log_transition(event)
+            if event.previous is State.ACTIVE:
+                # Reading may pause only while ACTIVE: a closing connection
+                # must read the peer's close frame.
+                ops.resume_reading()
             if event.current is State.CLOSED:
                 ops.closed()
         elif isinstance(event, AcceptUpgrade):

@@ -14,7 +14,7 @@ from .selector import echo_handler, relay_handler, serve
 
 def run(args: argparse.Namespace, config: Config) -> int:
     handler = relay_handler if args.mode == "relay" else echo_handler
-    server = serve(handler, args.host, args.port, config=config)
+    server = serve(handler, args.host, args.port, config=config, workers=args.workers)
 
     def request_drain(signum: int, frame: FrameType | None) -> None:
         server.begin_drain()  # takes no lock: the I/O thread drains

@@ -27,9 +27,16 @@ from wslifecycle import Config, ConnectionClosed, Entropy, State
 from wslifecycle.broker import Broker
 from wslifecycle.hub import Hub
 from wslifecycle.relay import handle_relay_message, publish
-from wslifecycle.wire import ServerConnection, UpgradeRequest
+from wslifecycle.wire import ServerConnection
 
-from ._common import default_entropy, drain_wire, log, log_alert, prometheus_exporter
+from ._common import (
+    ConnectionBase,
+    default_entropy,
+    drain_wire,
+    log,
+    log_alert,
+    prometheus_exporter,
+)
 
 __all__ = ["Connection", "Handler", "Server", "serve"]
 
@@ -40,7 +47,7 @@ QUEUE_HIGH_WATER = 64
 QUEUE_LOW_WATER = 16
 
 
-class Connection:
+class Connection(ConnectionBase):
     """A WebSocket connection as a handler sees it.
 
     ``send`` never blocks: above the write-buffer guard a non-critical send is
@@ -56,7 +63,6 @@ class Connection:
         "_server",
         "_transport",
         "_waiter",
-        "wire",
     )
 
     def __init__(self, server: Server, wire: ServerConnection) -> None:
@@ -70,24 +76,6 @@ class Connection:
         self._paused = False
 
     # ------------------------------------------------------------ handler API
-
-    @property
-    def id(self) -> str:
-        return self.wire.lifecycle.id
-
-    @property
-    def state(self) -> State:
-        return self.wire.lifecycle.state
-
-    @property
-    def latency(self) -> float | None:
-        """The last pong's round-trip time in seconds (None before the first)."""
-        return self.wire.lifecycle.latency
-
-    @property
-    def request(self) -> UpgradeRequest | None:
-        """The upgrade request: ``request.request.path``, headers, origin."""
-        return self.wire.request
 
     def send(self, data: str | bytes, *, critical: bool = False) -> int | None:
         """Send a message; its sequence number, or None if skipped (slow peer)."""
@@ -132,9 +120,6 @@ class Connection:
             self._resume_reading()
         return message
 
-    def __repr__(self) -> str:
-        return f"<Connection {self.id} {self.state.value}>"
-
     # -------------------------------------------------------------- internals
 
     def _wake(self) -> None:
@@ -145,7 +130,11 @@ class Connection:
     def _deliver(self, data: str | bytes) -> None:
         self._messages.append(data)
         self._wake()
-        if not self._paused and len(self._messages) >= QUEUE_HIGH_WATER:
+        if (
+            not self._paused
+            and len(self._messages) >= QUEUE_HIGH_WATER
+            and self.state is State.ACTIVE
+        ):
             # The handler is behind: stop reading. The lifecycle is told, so
             # pongs that cannot be read meanwhile count against nobody.
             self._paused = True
@@ -216,21 +205,21 @@ class _Ops:
         transport = self.conn._transport
         if transport is not None:
             transport.close()
+            if transport.get_write_buffer_size():  # a peer that stopped reading: bounded
+                self.server.hub.closing(self.conn.wire, self.server.now())
 
     def abort(self) -> None:
-        transport = self.conn._transport
-        if transport is None:
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # linger 0: close() sends RST, not FIN
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
+        _reset(self.conn._transport)
 
     def accepted(self) -> None:
         self.server._start_handler(self.conn)
 
     def deliver(self, data: str | bytes) -> None:
         self.conn._deliver(data)
+
+    def resume_reading(self) -> None:
+        if self.conn._paused:
+            self.conn._resume_reading()
 
     def closed(self) -> None:
         conn = self.conn
@@ -316,7 +305,7 @@ class Server:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for conn in list(self._connections):
-            Server._abort_transport(conn)
+            _reset(conn._transport)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -404,10 +393,13 @@ class Server:
         self._timer = None
         self._timer_at = None
         hub = self.hub
-        for wire in hub.tick(self.now()):
+        now = self.now()
+        for wire in hub.tick(now):
             self.flush(wire.context)
         for alert in hub.take_alerts():
             log_alert(alert)
+        for wire in hub.expired_closes(now):
+            _reset(wire.context._transport)  # still flushing after close_timeout
         self._arm()
         self._check_drained()
 
@@ -415,11 +407,15 @@ class Server:
         if self.hub.draining and self.hub.drained and not self._connections:
             self._drained.set()
 
-    @staticmethod
-    def _abort_transport(conn: Connection) -> None:
-        transport = conn._transport
-        if transport is not None and not transport.is_closing():
-            transport.abort()
+
+def _reset(transport: asyncio.Transport | None) -> None:
+    """Drop a connection now: SO_LINGER 0 makes the close an RST, not a FIN."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.fileno() >= 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 async def serve(

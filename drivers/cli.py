@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -37,6 +38,13 @@ def parser() -> argparse.ArgumentParser:
     add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     add("--port", type=int, default=8765, help="port to listen on; 0 picks one (default: 8765)")
     add("--driver", choices=DRIVERS, default="asyncio", help="I/O driver (default: asyncio)")
+    add(
+        "--workers",
+        type=int,
+        default=min(32, (os.cpu_count() or 1) + 4),
+        metavar="N",
+        help="handler threads of the selector driver (default: min(32, CPUs + 4))",
+    )
     add(
         "--mode",
         choices=("relay", "echo"),

@@ -80,9 +80,16 @@ from wslifecycle import Config, ConnectionClosed, Entropy, State
 from wslifecycle.broker import Broker
 from wslifecycle.hub import Hub
 from wslifecycle.relay import handle_relay_message, publish
-from wslifecycle.wire import ServerConnection, UpgradeRequest
+from wslifecycle.wire import ServerConnection
 
-from ._common import default_entropy, drain_wire, log, log_alert, prometheus_exporter
+from ._common import (
+    ConnectionBase,
+    default_entropy,
+    drain_wire,
+    log,
+    log_alert,
+    prometheus_exporter,
+)
 
 __all__ = ["Connection", "Handler", "Server", "echo_handler", "relay_handler", "serve"]
 
@@ -104,7 +111,7 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _RST = struct.pack("ii", 1, 0)
 
 
-class Connection:
+class Connection(ConnectionBase):
     """A WebSocket connection as a handler sees it; safe from any thread
     except the server's I/O thread.
 
@@ -121,7 +128,6 @@ class Connection:
         "_running",
         "_server",
         "_transport",
-        "wire",
     )
 
     def __init__(self, server: Server, wire: ServerConnection) -> None:
@@ -136,24 +142,6 @@ class Connection:
         self._closed = threading.Event()
 
     # ------------------------------------------------------------ handler API
-
-    @property
-    def id(self) -> str:
-        return self.wire.lifecycle.id
-
-    @property
-    def state(self) -> State:
-        return self.wire.lifecycle.state
-
-    @property
-    def latency(self) -> float | None:
-        """The last pong's round-trip time in seconds (None before the first)."""
-        return self.wire.lifecycle.latency
-
-    @property
-    def request(self) -> UpgradeRequest | None:
-        """The upgrade request: ``request.request.path``, headers, origin."""
-        return self.wire.request
 
     def send(self, data: str | bytes, *, critical: bool = False) -> int | None:
         """Send a message; its sequence number, or None if skipped (slow peer)."""
@@ -207,15 +195,21 @@ class Connection:
                 server._resume_reading(self)
             return messages.popleft()
 
-    def __repr__(self) -> str:
-        return f"<Connection {self.id} {self.state.value}>"
-
 
 class _Transport:
     """The socket side of one connection, and the :class:`TransportOps` that
     carry out its wire's events. Only the I/O thread touches it."""
 
-    __slots__ = ("closing", "conn", "events", "outbound", "peer_port", "server", "sock")
+    __slots__ = (
+        "closing",
+        "conn",
+        "events",
+        "lingering",
+        "outbound",
+        "peer_port",
+        "server",
+        "sock",
+    )
 
     def __init__(self, server: Server, conn: Connection, sock: socket.socket, port: int) -> None:
         self.server = server
@@ -225,6 +219,7 @@ class _Transport:
         self.outbound = bytearray()
         self.events = 0  # what the selector watches for; 0 = not registered
         self.closing = False  # close the socket once ``outbound`` is written
+        self.lingering = False  # the hub bounds how long that may take
 
     def write(self, data: bytes) -> None:
         if self.sock is not None:
@@ -241,6 +236,12 @@ class _Transport:
 
     def deliver(self, data: str | bytes) -> None:
         self.server._deliver(self.conn, data)
+
+    def resume_reading(self) -> None:
+        conn = self.conn  # in the I/O thread: the flush that follows re-registers
+        if conn._paused:
+            conn._paused = False
+            conn.wire.lifecycle.reading_paused = False
 
     def closed(self) -> None:
         self.conn._closed.set()
@@ -416,7 +417,7 @@ class Server:
     def _deliver(self, conn: Connection, data: str | bytes) -> None:
         messages = conn._messages
         messages.append(data)
-        if not conn._paused and len(messages) >= QUEUE_HIGH_WATER:
+        if not conn._paused and len(messages) >= QUEUE_HIGH_WATER and conn.state is State.ACTIVE:
             # The handler is behind: stop reading (the flush unregisters the
             # socket). The lifecycle is told, so unread pongs blame nobody.
             conn._paused = True
@@ -552,6 +553,10 @@ class Server:
             touched.update((wire.context._transport, None) for wire in hub.tick(now))
             for alert in hub.take_alerts():
                 log_alert(alert)
+            for wire in hub.expired_closes(now):
+                late: _Transport = wire.context._transport
+                if late.sock is not None:
+                    self._drop(late, reset=True)
         for transport in touched:
             self._flush(transport, now)
         self._next_deadline = hub.next_deadline()
@@ -633,9 +638,13 @@ class Server:
                 wire.receive_eof(now)
                 drain_wire(wire, transport)
         wire.write_buffer_size = len(out)
-        if transport.closing and not out:
-            self._drop(transport, reset=False)
-            return
+        if transport.closing:
+            if not out:
+                self._drop(transport, reset=False)
+                return
+            if not transport.lingering:  # a peer that stopped reading: bounded
+                transport.lingering = True
+                self.hub.closing(wire, now)
         wanted = (0 if transport.closing or transport.conn._paused else _READ) | (
             _WRITE if out else 0
         )

@@ -36,11 +36,11 @@ Decisions, in the order a connection meets them:
   a closing connection must read the peer's close frame.
 * ``Terminate`` = RST: SO_LINGER 0 on a ``SocketStream``'s socket, cancel the
   reader and writer, close. ``CloseTransport`` = close once the buffer is
-  written; that last write is bounded by ``close_timeout`` (the core has no
-  deadline left once it asked for the close).
+  written; the hub bounds that last write (``Hub.closing``): a connection
+  still flushing after ``close_timeout`` is dropped.
 * Cancellation always reaches CLOSED: a connection whose tasks are cancelled
   (the server's nursery was) is terminated in the lifecycle (cause
-  ``server_draining``: the server went away), so metrics and the broker stay
+  ``server_stopped``: the server went away undrained), so metrics and the broker stay
   consistent, and its stream is closed in a ``finally``.
 * A handler that raises is logged with its traceback and the connection is
   closed with 1011; one that returns while ACTIVE closes it with 1000. A
@@ -65,9 +65,16 @@ from wslifecycle import Config, ConnectionClosed, Entropy, State, TerminationCau
 from wslifecycle.broker import Broker
 from wslifecycle.hub import Hub
 from wslifecycle.relay import handle_relay_message, publish
-from wslifecycle.wire import ServerConnection, UpgradeRequest
+from wslifecycle.wire import ServerConnection
 
-from ._common import default_entropy, drain_wire, log, log_alert, prometheus_exporter
+from ._common import (
+    ConnectionBase,
+    default_entropy,
+    drain_wire,
+    log,
+    log_alert,
+    prometheus_exporter,
+)
 
 __all__ = [
     "Connection",
@@ -91,7 +98,7 @@ RECEIVE_SIZE = 65536
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
-class Connection:
+class Connection(ConnectionBase):
     """A WebSocket connection as a handler sees it.
 
     ``send`` never blocks: above the write-buffer guard a non-critical send is
@@ -114,7 +121,6 @@ class Connection:
         "_stream",
         "_transport_scope",
         "_writer_wakeup",
-        "wire",
     )
 
     def __init__(self, server: Server, wire: ServerConnection, stream: trio.abc.Stream) -> None:
@@ -135,24 +141,6 @@ class Connection:
         self._reading_resumed = trio.Event()
 
     # ------------------------------------------------------------ handler API
-
-    @property
-    def id(self) -> str:
-        return self.wire.lifecycle.id
-
-    @property
-    def state(self) -> State:
-        return self.wire.lifecycle.state
-
-    @property
-    def latency(self) -> float | None:
-        """The last pong's round-trip time in seconds (None before the first)."""
-        return self.wire.lifecycle.latency
-
-    @property
-    def request(self) -> UpgradeRequest | None:
-        """The upgrade request: ``request.request.path``, headers, origin."""
-        return self.wire.request
 
     def send(self, data: str | bytes, *, critical: bool = False) -> int | None:
         """Send a message; its sequence number, or None if skipped (slow peer)."""
@@ -194,9 +182,6 @@ class Connection:
             self._resume_reading()
         return message
 
-    def __repr__(self) -> str:
-        return f"<Connection {self.id} {self.state.value}>"
-
     # -------------------------------------------------------------- internals
 
     def _deliver(self, data: str | bytes) -> None:
@@ -237,11 +222,9 @@ class _Ops:
         conn = self.conn
         conn._closing = True
         conn._writer_wakeup.set()
-        # The last write may not hang on a peer that stopped reading.
-        scope = conn._transport_scope
-        scope.deadline = min(
-            scope.deadline, trio.current_time() + self.server.hub.config.close_timeout
-        )
+        # The last write may not hang on a peer that stopped reading: the hub
+        # hands the connection back after close_timeout if it is still open.
+        self.server.hub.closing(conn.wire, trio.current_time())
 
     def abort(self) -> None:
         conn = self.conn
@@ -257,6 +240,10 @@ class _Ops:
 
     def deliver(self, data: str | bytes) -> None:
         self.conn._deliver(data)
+
+    def resume_reading(self) -> None:
+        if self.conn._paused:
+            self.conn._resume_reading()  # read the peer's close frame
 
     def closed(self) -> None:
         conn = self.conn
@@ -343,8 +330,6 @@ class Server:
         wire = conn.wire
         drain_wire(wire, ops)
         wire.write_buffer_size = len(conn._out) + conn._in_flight
-        if conn._paused and wire.lifecycle.state is not State.ACTIVE:
-            conn._resume_reading()  # read the peer's close frame
         self._arm()
 
     def _arm(self) -> None:
@@ -365,10 +350,14 @@ class Server:
                 self._timer = timer
                 await trio.sleep_forever()
             self._timer = None
-            for wire in hub.tick(trio.current_time()):
+            now = trio.current_time()
+            for wire in hub.tick(now):
                 self.flush(wire.context)
             for alert in hub.take_alerts():
                 log_alert(alert)
+            for wire in hub.expired_closes(now):
+                if wire.context in self._connections:  # still flushing: drop it
+                    _Ops(self, wire.context).abort()
             self._check_drained()
 
     def _check_drained(self) -> None:
@@ -405,7 +394,7 @@ class Server:
         cancellation (or a bug) gets here with it still open."""
         wire = conn.wire
         if wire.lifecycle.state is not State.CLOSED:
-            wire.lifecycle.terminate(trio.current_time(), TerminationCause.SERVER_DRAINING)
+            wire.lifecycle.terminate(trio.current_time(), TerminationCause.SERVER_STOPPED)
             wire.pump(trio.current_time())
             self.flush(conn)
 

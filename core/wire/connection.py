@@ -102,6 +102,7 @@ class ServerConnection:
     """The wire of one server-side connection: h11 + wsproto + the lifecycle."""
 
     __slots__ = (
+        "__weakref__",  # the hub tracks closing sockets without keeping them
         "_close_sent",
         "_config",
         "_ended",

@@ -124,6 +124,8 @@ class Refusal:
 Verdict = UpgradeRequest | PlainRequest | Refusal
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+#: A request starts with a method: an RFC 9110 token, then a space.
+_METHOD_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{0,32}(?: |\Z)")
 
 
 class RequestReader:
@@ -146,6 +148,10 @@ class RequestReader:
         """Bytes in; a verdict once the head is complete (None: need more)."""
         buffer = self._buffer
         buffer += data
+        # Not even the start of a method (a TLS ClientHello, binary noise):
+        # refuse at once. The first bytes decide, however they were chunked.
+        if not _METHOD_START.match(buffer):
+            return Refusal(400, "not an HTTP request")
         # h11 ends a head at a blank line: LF, optional CR, LF.
         match = _BLANK_LINE.search(buffer, max(0, self._scanned - 2))
         if match is None:

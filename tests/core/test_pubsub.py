@@ -243,3 +243,71 @@ def test_upgrades_beyond_max_connections_get_503() -> None:
     fourth.receive_data(upgrade_request(), 1.0)
     assert fourth.data_to_send().startswith(b"HTTP/1.1 101 ")
     assert second.lifecycle.state is State.ACTIVE
+
+
+def test_a_graceful_close_that_cannot_flush_is_bounded() -> None:
+    """A socket closed with bytes unsent is handed back for dropping after
+    close_timeout, and the one timer covers it."""
+    hub = make_hub(close_timeout=0.5)
+    first, second = connect(hub), connect(hub)
+    hub.closing(first, 0.0)
+    hub.closing(second, 0.25)
+    assert hub.next_deadline() == 0.5  # before any heartbeat (10 s interval)
+    assert hub.expired_closes(0.4) == []
+    assert hub.expired_closes(0.5) == [first]
+    assert hub.expired_closes(5.0) == [second]
+    assert hub.expired_closes(9.0) == []
+    late = make_hub(close_timeout=30.0)
+    wire = connect(late)
+    heartbeat = late.next_deadline()
+    late.closing(wire, 0.0)
+    assert late.next_deadline() == heartbeat
+
+
+def test_a_handler_stalled_past_the_bound_gets_1013() -> None:
+    """While reading is paused nobody is blamed for unread pongs, but after
+    max_missed_pongs + 1 paused slots the connection closes with 1013; a slot
+    with reading resumed starts the count again; a loop stall counts nothing."""
+    hub = make_hub(max_missed_pongs=2)
+    wire = connect(hub)
+    lifecycle = wire.lifecycle
+    lifecycle.reading_paused = True
+    slot = lifecycle.deadline
+    assert slot is not None
+    for _ in range(2):
+        hub.tick(slot)
+        slot = lifecycle.deadline
+        assert slot is not None
+    lifecycle.reading_paused = False
+    hub.tick(slot)  # resumed: the count starts again
+    lifecycle.reading_paused = True
+    for _ in range(2):
+        slot = lifecycle.deadline
+        assert slot is not None
+        hub.tick(slot)
+    slot = lifecycle.deadline
+    assert slot is not None
+    lifecycle.handle_timer(slot + 100.0, stalled=True)  # a loop stall: not counted
+    assert lifecycle.state is State.ACTIVE
+    slot = lifecycle.deadline
+    assert slot is not None
+    hub.tick(slot)
+    assert lifecycle.cause is TerminationCause.HANDLER_STALLED
+    frames = parse_server_frames(wire.data_to_send())
+    assert [f.close_code for f in frames if f.opcode == 0x8] == [1013]
+    assert hub.scheduler.metrics.terminations == {}
+
+
+def test_the_hub_does_not_keep_a_closed_wire_alive() -> None:
+    """A wire the driver has forgotten is not held by the close bound."""
+    import gc
+
+    hub = make_hub(close_timeout=0.5)
+    wire = connect(hub)
+    wire.lifecycle.terminate(0.0, TerminationCause.SLOW_CONSUMER)
+    wire.pump(0.0)
+    hub.closing(wire, 0.0)
+    del wire
+    hub.scheduler.tick(100.0)  # its stale heartbeat entry surfaces and goes
+    gc.collect()
+    assert hub.expired_closes(1.0) == []

@@ -81,7 +81,8 @@ def test_a_handler_that_falls_behind_pauses_reading_and_blames_nobody() -> None:
             await release.wait()
             conn.send(message, critical=True)
 
-    with server_with(slow) as server:
+    # max_missed_pongs=6: four paused slots stay under the stalled-handler cap.
+    with server_with(slow, max_missed_pongs=6) as server:
 
         def paused() -> bool:
             return any(c.wire.lifecycle.reading_paused for c in server.server._connections)
@@ -109,6 +110,39 @@ def test_a_handler_that_falls_behind_pauses_reading_and_blames_nobody() -> None:
 
         assert asyncio.run(client()) == [f"m{i}" for i in range(200)]
         assert not server.call(paused)
+
+
+def test_a_handler_stuck_for_the_detection_bound_is_closed_with_1013() -> None:
+    """A handler that never takes another message holds reading paused; after
+    max_missed_pongs + 1 slots the connection is closed with 1013 (try again
+    later), cleanly: reading resumes so the peer's close frame is read."""
+    never = asyncio.Event()
+
+    async def stuck(conn: driver.Connection) -> None:
+        async for _ in conn:
+            await never.wait()
+
+    with LogWatch() as logs, server_with(stuck) as server:
+
+        async def client() -> int | None:
+            async with websockets.connect(
+                f"ws://127.0.0.1:{server.port}/", ping_interval=None, max_queue=None
+            ) as ws:
+                for i in range(200):
+                    await ws.send(f"m{i}")
+                with pytest.raises(ConnectionClosed):
+                    await _read_until_closed(ws)
+                return ws.close_code
+
+        assert asyncio.run(client()) == 1013
+        logs.wait_for("cause=handler_stalled", 5)
+        assert server.metrics().terminations == {}  # a clean close, not a drop
+        server.loop.call_soon_threadsafe(never.set)
+
+
+async def _read_until_closed(ws: websockets.ClientConnection) -> None:
+    while True:
+        await asyncio.wait_for(ws.recv(), 10)
 
 
 def test_without_prometheus_client_metrics_says_how_to_install_it(

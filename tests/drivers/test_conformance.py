@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -391,3 +393,91 @@ def test_descriptors_and_tasks_return_to_baseline_after_1000_cycles(
         assert snapshot.handshakes_accepted == 900  # 500 clean + 400 faults after upgrade
         assert snapshot.closed_by_cause  # every one of them ended with a cause
         assert sum(snapshot.closed_by_cause.values()) == 1000
+
+
+# ---------------------------------------------------------------- stalls
+
+
+def test_a_stalled_server_blames_no_healthy_peer(driver: str) -> None:
+    """The server process is paused (SIGSTOP) for two heartbeat intervals and
+    resumed: no healthy peer is terminated, and a loop_stall alert with the
+    lag is logged and counted in /metrics."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wslifecycle", "serve", "--port", "0", "--driver", driver,
+         "--allow-no-origin", "--heartbeat-interval", str(INTERVAL), "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    changed = threading.Condition()
+
+    def collect() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            with changed:
+                lines.append(line)
+                changed.notify_all()
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+
+    def wait_line(needle: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        with changed:
+            while True:
+                found = [line for line in lines if needle in line]
+                if found:
+                    return found[0]
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no {needle!r} in {lines[-10:]}"
+                changed.wait(remaining)
+
+    peers = []
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline().rsplit(":", 1)[1].split()[0])
+        target = f"ws://127.0.0.1:{port}/chat"
+        node = node_client(target, "room", seconds=60)
+        py = python_client(target, "room")
+        peers = [node, py]
+        for peer in peers:
+            peer.wait_event("open", 10)
+        wait_line("to=active", 5)
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGSTOP)
+        # The pause itself: the test holds the server stopped for two intervals.
+        while time.monotonic() - stopped < 2 * INTERVAL:
+            time.sleep(INTERVAL / 10)
+        process.send_signal(signal.SIGCONT)
+        alert = wait_line("kind=loop_stall", 5)
+        lag = float(alert.split("value=")[1].split()[0])
+        assert lag >= INTERVAL, alert
+        # Healthy peers keep answering: wait for several more intervals of pings.
+        before = node.count("ping")
+        deadline = time.monotonic() + 10
+        while node.count("ping") < before + 4:
+            assert time.monotonic() < deadline
+            time.sleep(INTERVAL / 3)  # polling a counter, bounded above
+        assert not [line for line in lines if "terminated" in line], lines
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            body = b""
+            while chunk := sock.recv(65536):
+                body += chunk
+        stalls = [
+            line for line in body.decode().splitlines()
+            if line.startswith("wslifecycle_loop_stalls_total")
+        ]  # fmt: skip
+        assert stalls
+        assert float(stalls[0].split()[1]) >= 1
+        print(f"\n[{driver}] stall of {lag:.2f} s: alert logged, nobody terminated")
+    finally:
+        for peer in peers:
+            peer.kill()
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+            process.wait(15)
+        reader.join(5)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()

@@ -419,7 +419,8 @@ def test_a_handler_that_falls_behind_pauses_reading_and_blames_nobody(
             assert released.wait(30)
             conn.send(message, critical=True)
 
-    with server_with(slow) as server:
+    # max_missed_pongs=6: four paused slots stay under the stalled-handler cap.
+    with server_with(slow, max_missed_pongs=6) as server:
 
         def paused() -> bool:
             return any(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import socket
 import threading
 import time
 import tracemalloc
@@ -14,7 +15,16 @@ import tracemalloc
 import pytest
 
 from tests.drivers.harness import SERVERS, ServerThread, open_fds
-from tests.drivers.torture import CASES, LIMITS, connect, http_outcome, request, upgraded
+from tests.drivers.torture import (
+    CASES,
+    LIMITS,
+    OP_BINARY,
+    connect,
+    http_outcome,
+    request,
+    upgraded,
+)
+from tests.wire.helpers import close_frame, frame
 from wslifecycle import Config
 
 #: Python memory the suite may leave behind (interned strings, import caches,
@@ -118,3 +128,42 @@ def test_handshakes_during_a_drain_get_503(driver: str) -> None:
     finally:
         holdout.close()
         server.stop()
+
+
+@pytest.mark.parametrize("driver", sorted(SERVERS))
+def test_a_close_that_cannot_flush_is_cut_at_the_close_timeout(driver: str) -> None:
+    """A client fills the server's send buffer, sends its close frame and
+    never reads again: the server's graceful close cannot flush, so it drops
+    the socket once close_timeout has passed, instead of holding it forever."""
+    config = Config(**{**LIMITS, "close_timeout": 1.0, "max_write_buffer": 64 << 20})  # type: ignore[arg-type]
+    with SERVERS[driver](config, mode="echo") as server:
+        fds = open_fds()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(request())
+        assert read_head(sock).startswith(b"HTTP/1.1 101 ")
+        chunk = frame(OP_BINARY, b"x" * 64 * 1024)
+        for _ in range(160):  # 10 MiB of echoes: more than kernel buffers hold
+            sock.sendall(chunk)
+        sock.sendall(close_frame(1000))
+        started = time.monotonic()
+        deadline = started + 15
+        while open_fds() > fds + 1:  # +1: our own socket
+            assert time.monotonic() < deadline, (server.connection_count(), open_fds(), fds)
+            time.sleep(0.05)  # polling a counter, bounded by the deadline above
+        took = time.monotonic() - started
+        sock.close()
+        # It really lingered (the flush could not finish), and it was cut in time.
+        assert 0.5 < took < config.close_timeout + 2, took
+        assert server.connection_count() == 0
+        print(f"\n[{driver}] a close that could not flush was cut after {took:.2f} s")
+
+
+def read_head(sock: socket.socket) -> bytes:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)  # one byte at a time: leave the frames unread
+        assert chunk
+        head += chunk
+    return head
