@@ -708,6 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="wsl-bench-") as tmp:
         workdir = pathlib.Path(tmp)
         binary, compiler = build_generator(workdir)
+        found = versions(SERVERS, compiler)  # before: others may commit during a long run
         ctx = Context(plan, binary, workdir, started + args.max_minutes * 60)
         try:
             kinds, notes = available_servers(args.servers, binary, workdir)
@@ -730,7 +731,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             kill_all()
     rows.sort(key=lambda r: (_order(r.key), [k.key for k in SERVERS].index(r.server)))
     elapsed = time.monotonic() - started
-    found = versions(SERVERS, compiler)
     today = datetime.date.today().isoformat()
     command = "python -m tests.bench.compare" + (
         " " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""
