@@ -1,7 +1,7 @@
 """Side-by-side benchmark (issue 7): wslifecycle against other WebSocket servers.
 
-    .venv/bin/python -m tests.bench.compare                 # full run, ~25 minutes
-    .venv/bin/python -m tests.bench.compare --quick         # tiny numbers, a smoke test
+    .venv/bin/python -m tests.bench.compare                 # full run, ~22 minutes
+    .venv/bin/python -m tests.bench.compare --quick         # tiny numbers, ~20 s a server
     .venv/bin/python -m tests.bench.compare --scenario cpu,detect --servers wsl-asyncio,websockets
 
 Needs gcc (the load generator is C), ``npm ci --prefix tests/bench/node`` for
@@ -21,12 +21,16 @@ client. Python clients (websockets, aiohttp) cost tens of microseconds per
 ping answered and a task per connection, so at 19,900 connections pinged
 every second they would saturate a core of this 2-core machine and become
 the bottleneck; a Node.js ws client costs a few KiB of heap and several µs
-per frame. The C client answers a ping in well under a microsecond of its
-own CPU and holds a connection in ~100 bytes, so the server's core is the
-one that saturates. Its CPU (utime+stime from /proc/<pid>/stat, every
-generator process) is printed beside the server's in every row. It runs up
-to 10,000 connections per process (the hard limit here is 20,000
-descriptors per process), from its own block of 127.x source addresses.
+per frame. The C client spends about 12 µs of its own CPU per ping
+answered, system calls included (24 % of a core for 19,900 pongs a second
+in the full run), against 60-150 µs for the Python servers, and holds a
+connection in ~100 bytes, so the server's core is the one that saturates.
+Its CPU (utime+stime from /proc/<pid>/stat, every generator process) is
+printed beside the server's in every row. It runs up to 10,000 connections
+per process (the hard limit here is 20,000 descriptors per process), from
+its own block of 127.x source addresses. The server is pinned to core 0 and
+the generators to core 1, so the server always has a whole core and the
+generators never take CPU from it.
 
 Scenarios (``--scenario`` takes the names or numbers):
 

@@ -2,8 +2,8 @@
  *
  * One process, one thread, one epoll set, raw non-blocking TCP sockets and a
  * minimal RFC 6455 client (handshake, masked client frames, unmasked server
- * frames). It answers every ping with a pong, at a few hundred nanoseconds
- * each, so it stays far cheaper than any server it measures. Commands arrive
+ * frames). It answers every ping with a pong for about 12 us of its own CPU,
+ * system calls included, so it stays far cheaper than any server it measures. Commands arrive
  * one per line on stdin; every answer is one JSON line on stdout. EOF on
  * stdin ends the process (the controller went away).
  *
