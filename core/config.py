@@ -57,6 +57,10 @@ class Config:
     #: If set, the proxy in front of the server reaps idle flows after this many
     #: seconds; ``heartbeat_interval`` must then be below it.
     proxy_idle_timeout: float | None = None
+    #: Deadlines are rounded up to a grid of this many seconds, so the one
+    #: timer wakes once for every deadline in a grid cell (timer coalescing).
+    #: ``None`` means ``min(heartbeat_interval / 20, 0.05)``; 0 turns it off.
+    timer_slack: float | None = None
 
     #: Largest message accepted, in bytes, counted across fragments (else 1009).
     max_message_size: int = 1 * MiB
@@ -115,6 +119,19 @@ class Config:
                     "stall_threshold",
                     f"must be below heartbeat_interval ({self.heartbeat_interval} s),"
                     f" got {self.stall_threshold}",
+                )
+        if self.timer_slack is not None:
+            if isinstance(self.timer_slack, bool) or not isinstance(self.timer_slack, int | float):
+                raise ConfigError(
+                    "timer_slack", f"must be a number of seconds, got {self.timer_slack!r}"
+                )
+            if not math.isfinite(self.timer_slack) or self.timer_slack < 0:
+                raise ConfigError("timer_slack", f"must be 0 or more, got {self.timer_slack!r}")
+            if self.timer_slack >= self.effective_stall_threshold:
+                raise ConfigError(
+                    "timer_slack",
+                    f"must be below the stall threshold ({self.effective_stall_threshold} s),"
+                    f" got {self.timer_slack}",
                 )
         if self.proxy_idle_timeout is not None:
             _positive_number("proxy_idle_timeout", self.proxy_idle_timeout)
@@ -175,6 +192,13 @@ class Config:
         if self.stall_threshold is not None:
             return self.stall_threshold
         return min(self.heartbeat_interval / 4, 5.0)
+
+    @property
+    def effective_timer_slack(self) -> float:
+        """The timer slack in force: the configured one or the default."""
+        if self.timer_slack is not None:
+            return self.timer_slack
+        return min(self.heartbeat_interval / 20, 0.05)
 
     @property
     def detection_bound(self) -> float:

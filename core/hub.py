@@ -32,6 +32,7 @@ from .metrics import MetricsSnapshot
 from .scheduler import Scheduler
 from .wire.connection import HttpReply, ServerConnection, health_responder
 from .wire.http import HttpRequest
+from .wire.mask import Unmask
 
 __all__ = ["Hub", "MetricsExporter"]
 
@@ -42,7 +43,7 @@ MetricsExporter = Callable[[MetricsSnapshot], HttpReply]
 class Hub:
     """The shared, sans-IO heart of a server: one scheduler, one broker, many wires."""
 
-    __slots__ = ("_closing", "_health", "_metrics_exporter", "broker", "scheduler")
+    __slots__ = ("_closing", "_health", "_metrics_exporter", "_unmask", "broker", "scheduler")
 
     def __init__(
         self,
@@ -51,8 +52,12 @@ class Hub:
         *,
         broker: Broker[ServerConnection] | None = None,
         metrics_exporter: MetricsExporter | None = None,
+        unmask: Unmask | None = None,
     ) -> None:
+        """``unmask``: a faster unmasking function for client frames (the
+        drivers pass websockets' C one when it is installed)."""
         self.scheduler = Scheduler(config, entropy)
+        self._unmask = unmask
         self.broker: Broker[ServerConnection] = broker or InMemoryBroker()
         self._metrics_exporter = metrics_exporter
         self._health = health_responder(self.scheduler)
@@ -69,7 +74,11 @@ class Hub:
     def open(self, now: float) -> ServerConnection:
         """A socket was accepted: its wire, in OPEN, handshake deadline armed."""
         return ServerConnection(
-            self.scheduler, now, responder=self._respond, release_channels=self._release
+            self.scheduler,
+            now,
+            responder=self._respond,
+            release_channels=self._release,
+            unmask=self._unmask,
         )
 
     @property
@@ -79,26 +88,34 @@ class Hub:
 
     def next_deadline(self) -> float | None:
         """When the driver's one timer must fire next (None: nothing pending)."""
-        deadline = self.scheduler.next_deadline()
+        deadline = self.scheduler.next_wakeup()
         if self._closing:
             closing = self._closing[0][0]
             if deadline is None or closing < deadline:
                 return closing
         return deadline
 
-    def tick(self, now: float) -> list[ServerConnection]:
-        """Fire every deadline due by ``now``; returns the wires with output."""
+    def tick(self, now: float, limit: int | None = None) -> list[ServerConnection]:
+        """Fire every deadline due by ``now`` (at most ``limit`` of them: the
+        rest stay due, for the next call); returns the wires with output."""
         wires = []
-        for lifecycle in self.scheduler.tick(now):
+        for lifecycle in self.scheduler.tick(now, limit):
             wire: ServerConnection = lifecycle.owner
             wire.pump(now)
             wires.append(wire)
         return wires
 
+    @property
+    def changes(self) -> int:
+        """Grows whenever :meth:`next_deadline` may have moved: a driver that
+        armed its timer at the same value need not ask again."""
+        return self.scheduler.changes
+
     def closing(self, wire: ServerConnection, now: float) -> None:
         """The driver closed ``wire``'s socket gracefully but bytes are still
         unsent: it gets ``close_timeout`` to flush them."""
         self._closing.append((now + self.config.close_timeout, weakref.ref(wire)))
+        self.scheduler.changes += 1
 
     def expired_closes(self, now: float) -> list[ServerConnection]:
         """Wires whose graceful close has not finished in time: the driver

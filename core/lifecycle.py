@@ -68,6 +68,7 @@ class ConnectionLifecycle:
         "_actions",
         "_active_since_due",
         "_awaiting_release",
+        "_cell",
         "_channels",
         "_close_code",
         "_close_reason",
@@ -107,6 +108,7 @@ class ConnectionLifecycle:
         self.latency: float | None = None
         self.deadline: float | None = None
         self.owner: Any = None
+        self._cell: float | None = None  # the scheduler's cell for ``deadline``
         #: Set by the driver while it has stopped reading this socket because
         #: the application is behind: unread pongs cannot count as misses.
         self.reading_paused = False

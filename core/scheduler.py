@@ -1,19 +1,27 @@
 """One timer for every connection: ``Scheduler``.
 
-A driver arms ONE timer for :meth:`Scheduler.next_deadline` and calls
+A driver arms ONE timer for :meth:`Scheduler.next_wakeup` and calls
 :meth:`Scheduler.tick` when it fires (DESIGN §3). Each connection has exactly
-one deadline at a time (handshake, next heartbeat, or close), kept in a binary
-heap, so:
+one deadline at a time (handshake, next heartbeat, or close).
 
-* asking for the next deadline, or a tick with nothing due, is O(1);
-* a tick costs O(k log n) for the k connections that are due, never a sweep
-  over all n;
+Timer slack: deadlines are rounded up to a grid of ``timer_slack`` seconds
+(default ``min(interval / 20, 50 ms)``) and kept by grid cell: a dict from
+a cell's wake-up time to the connections due then, and a heap of the
+distinct wake-up times. So:
+
+* N connections spread over the interval cost at most interval / slack
+  wake-ups, not N (the slack adds to the timer's lateness L in the detection
+  bound, ``heartbeat.py``);
+* asking for the next wake-up, or a tick with nothing due, is O(1);
+* a changed deadline is an append to its cell, O(1); a tick costs O(k) for
+  the k connections that are due, never a sweep over all n;
 * a pong or a message touches no timer at all (the heartbeat counts, it does
   not re-arm).
 
-A changed deadline pushes a new heap entry and leaves the old one behind;
-stale entries are recognised when they surface (their time no longer matches
-the connection's) and the heap is rebuilt when they outnumber the live ones.
+A changed deadline leaves the old cell's entry behind: each connection
+remembers its current cell, each cell counts its live entries, a cell with
+none is dropped when it surfaces, and the cells are rebuilt when stale
+entries outnumber the live ones.
 
 Heartbeat phases: connection k is probed at times ≡ epoch + frac(k·φ)·interval
 (mod interval), φ the golden ratio conjugate and the epoch the time of the
@@ -29,6 +37,7 @@ connections), so a short run with a long interval sends no ping at all.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Set
 
 from .actions import Alert
@@ -49,14 +58,17 @@ class Scheduler:
 
     __slots__ = (
         "_alerts",
-        "_counter",
+        "_cells",
         "_drain_deadline",
+        "_entries",
         "_epoch",
-        "_heap",
         "_live",
         "_phases",
+        "_slack",
         "_stall_threshold",
+        "_times",
         "app_heartbeat",
+        "changes",
         "config",
         "entropy",
         "metrics",
@@ -72,8 +84,13 @@ class Scheduler:
         self.protocol_heartbeat = mode is not HeartbeatMode.APPLICATION
         self.app_heartbeat = mode is not HeartbeatMode.PROTOCOL
         self._stall_threshold = config.effective_stall_threshold
-        self._heap: list[tuple[float, int, ConnectionLifecycle]] = []
-        self._counter = 0
+        self._slack = config.effective_timer_slack
+        self._cells: dict[float, _Cell] = {}  # wake-up time → who is due then
+        self._times: list[float] = []  # heap of the cells' wake-up times
+        self._entries = 0  # entries in all cells, stale ones included
+        #: Counts deadline changes: a driver whose timer was armed at the same
+        #: count need not look again (a pong or a message changes nothing).
+        self.changes = 0
         self._phases = 0
         self._epoch: float | None = None
         # A dict, not a set: iteration (drain order) follows arrival order,
@@ -94,28 +111,88 @@ class Scheduler:
         return lifecycle
 
     def next_deadline(self) -> float | None:
-        """The earliest time any connection needs :meth:`tick`, or None."""
-        heap = self._heap
-        while heap:
-            deadline, _, lifecycle = heap[0]
-            if lifecycle.deadline == deadline:
-                return deadline
-            heapq.heappop(heap)
+        """The earliest deadline of any connection, exactly (None: nothing
+        pending). Drivers arm their timer for :meth:`next_wakeup` instead."""
+        wakeup = self.next_wakeup()
+        if wakeup is None:
+            return None
+        members = self._cells[wakeup].members
+        return min(
+            lifecycle.deadline
+            for lifecycle in members
+            if lifecycle._cell == wakeup and lifecycle.deadline is not None
+        )
+
+    def next_wakeup(self) -> float | None:
+        """When the driver's one timer should fire: the earliest deadline
+        rounded up to the timer-slack grid (None: nothing pending)."""
+        times, cells = self._times, self._cells
+        while times:
+            wakeup = times[0]
+            if cells[wakeup].alive:
+                return wakeup
+            heapq.heappop(times)  # every entry moved on or closed
+            self._entries -= len(cells.pop(wakeup).members)
         return None
 
-    def tick(self, now: float) -> list[ConnectionLifecycle]:
-        """Run every connection whose deadline is at or before ``now``.
+    def _wakeup(self, deadline: float) -> float:
+        slack = self._slack
+        if not slack:
+            return deadline
+        wakeup = math.ceil(deadline / slack) * slack
+        return wakeup if wakeup >= deadline else wakeup + slack  # float rounding
+
+    def tick(self, now: float, limit: int | None = None) -> list[ConnectionLifecycle]:
+        """Run every connection whose deadline is at or before ``now``, or
+        the first ``limit`` of them (then :meth:`next_wakeup` is still ≤ now
+        and the driver calls again after letting its loop breathe).
 
         Returns those connections (they may have actions to take). If the
-        earliest of them is overdue by more than the stall threshold, the
-        server was blocked: a ``loop_stall`` alert is queued and this tick
-        blames no peer (DESIGN §4).
+        tick came later than the stall threshold after the wake-up time of
+        the earliest of them, the server was blocked: a ``loop_stall`` alert
+        is queued and this tick blames no peer (DESIGN §4).
         """
-        first = self.next_deadline()
-        if first is None or first > now:
-            return []
-        lag = now - first
+        first = self.next_wakeup()
+        if first is None or (first > now and first - self._slack >= now):
+            return []  # not even the first cell can hold a deadline ≤ now
+        lag = max(0.0, now - first)
         stalled = lag > self._stall_threshold
+        ran: list[ConnectionLifecycle] = []
+        times, cells = self._times, self._cells
+        budget = limit if limit is not None else -1
+        while times and times[0] <= now and budget:
+            wakeup = times[0]
+            cell = cells[wakeup]
+            members = cell.members
+            if 0 < budget < len(members):  # run part of this cell, keep the rest
+                cell.members = members[budget:]
+                self._entries -= budget
+                members = members[:budget]
+            else:
+                heapq.heappop(times)
+                del cells[wakeup]
+                self._entries -= len(members)
+            for lifecycle in members:
+                budget -= 1
+                if lifecycle._cell == wakeup:  # else stale: it moved on
+                    lifecycle._cell = None
+                    cell.alive -= 1
+                    lifecycle.handle_timer(now, stalled=stalled)
+                    ran.append(lifecycle)
+        if budget and times and times[0] - self._slack < now:
+            # Ticked off the grid (tests do): the next cell may hold some
+            # deadlines at or before now; run those, keep the rest.
+            wakeup = times[0]
+            cell = cells[wakeup]
+            for lifecycle in list(cell.members):
+                deadline = lifecycle.deadline
+                if lifecycle._cell == wakeup and deadline is not None and deadline <= now:
+                    lifecycle._cell = None
+                    cell.alive -= 1
+                    lifecycle.handle_timer(now, stalled=stalled)
+                    ran.append(lifecycle)
+        if not ran:
+            return ran
         metrics = self.metrics
         metrics.observe_loop_lag(lag)
         if stalled:
@@ -128,14 +205,6 @@ class Scheduler:
                     f"timer fired {lag:.3f} s late; no peer was charged a missed heartbeat",
                 )
             )
-        heap = self._heap
-        ran: list[ConnectionLifecycle] = []
-        while heap and heap[0][0] <= now:
-            deadline, _, lifecycle = heapq.heappop(heap)
-            if lifecycle.deadline != deadline:
-                continue  # stale: the connection moved on since this entry
-            lifecycle.handle_timer(now, stalled=stalled)
-            ran.append(lifecycle)
         return ran
 
     def take_alerts(self) -> list[Alert]:
@@ -201,17 +270,54 @@ class Scheduler:
         return deadline if drain is None or drain > deadline else drain
 
     def _push(self, deadline: float, lifecycle: ConnectionLifecycle) -> None:
-        self._counter += 1
-        heap = self._heap
-        heapq.heappush(heap, (deadline, self._counter, lifecycle))
-        if len(heap) > 2 * len(self._live) + 64:
+        """``lifecycle``'s deadline is now ``deadline``: file it in its cell."""
+        self.changes += 1
+        cells = self._cells
+        old = lifecycle._cell
+        if old is not None:
+            cells[old].alive -= 1
+        wakeup = self._wakeup(deadline)
+        cell = cells.get(wakeup)
+        if cell is None:
+            cells[wakeup] = cell = _Cell()
+            heapq.heappush(self._times, wakeup)
+        cell.members.append(lifecycle)
+        cell.alive += 1
+        lifecycle._cell = wakeup
+        self._entries += 1
+        if self._entries > 2 * len(self._live) + 64:
             self._compact()
 
     def _forget(self, lifecycle: ConnectionLifecycle) -> None:
+        """``lifecycle`` reached CLOSED: it has no deadline any more."""
+        old = lifecycle._cell
+        if old is not None:
+            self._cells[old].alive -= 1
+            lifecycle._cell = None
         self._live.pop(lifecycle, None)
 
     def _compact(self) -> None:
         """Drop stale entries (O(n), amortised over the pushes that made them)."""
-        heap = [entry for entry in self._heap if entry[2].deadline == entry[0]]
-        heapq.heapify(heap)
-        self._heap = heap
+        cells: dict[float, _Cell] = {}
+        entries = 0
+        for wakeup, cell in self._cells.items():
+            members = [lifecycle for lifecycle in cell.members if lifecycle._cell == wakeup]
+            if members:
+                cells[wakeup] = fresh = _Cell()
+                fresh.members = members
+                fresh.alive = len(members)
+                entries += len(members)
+        self._cells = cells
+        self._times = list(cells)
+        heapq.heapify(self._times)
+        self._entries = entries
+
+
+class _Cell:
+    """The connections due at one wake-up time, and how many still are."""
+
+    __slots__ = ("alive", "members")
+
+    def __init__(self) -> None:
+        self.members: list[ConnectionLifecycle] = []
+        self.alive = 0

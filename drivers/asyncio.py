@@ -21,7 +21,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from wslifecycle import Config, ConnectionClosed, Entropy, State
 from wslifecycle.broker import Broker
@@ -30,9 +30,11 @@ from wslifecycle.relay import handle_relay_message, publish
 from wslifecycle.wire import ServerConnection
 
 from ._common import (
+    TICK_BATCH,
     ConnectionBase,
     default_entropy,
     drain_wire,
+    fast_unmask,
     log,
     log_alert,
     prometheus_exporter,
@@ -57,6 +59,7 @@ class Connection(ConnectionBase):
 
     __slots__ = (
         "_closed",
+        "_closed_waiter",
         "_handler_task",
         "_messages",
         "_paused",
@@ -69,9 +72,11 @@ class Connection(ConnectionBase):
         self._server = server
         self.wire = wire
         self._transport: asyncio.Transport | None = None
-        self._messages: deque[str | bytes] = deque()
+        # Made on first use: an idle connection holds no queue and no future.
+        self._messages: deque[str | bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._closed = asyncio.Event()
+        self._closed = False
+        self._closed_waiter: asyncio.Future[None] | None = None
         self._handler_task: asyncio.Task[None] | None = None
         self._paused = False
 
@@ -88,10 +93,15 @@ class Connection(ConnectionBase):
         if self.state is not State.CLOSED:
             self.wire.close(self._server.now(), code, reason)
             self._server.flush(self)
-        await self._closed.wait()
+        await self.wait_closed()
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        """Wait until the connection is CLOSED."""
+        if self._closed:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed_waiter)
 
     def subscribe(self, channel: str) -> None:
         self._server.hub.subscribe(self.wire, channel)
@@ -108,15 +118,16 @@ class Connection(ConnectionBase):
 
     async def __anext__(self) -> str | bytes:
         while not self._messages:
-            if self._closed.is_set() or self.state is not State.ACTIVE:
+            if self._closed or self.state is not State.ACTIVE:
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        message = self._messages.popleft()
-        if self._paused and len(self._messages) <= QUEUE_LOW_WATER:
+        messages = self._messages
+        message = messages.popleft()
+        if self._paused and len(messages) <= QUEUE_LOW_WATER:
             self._resume_reading()
         return message
 
@@ -128,13 +139,12 @@ class Connection(ConnectionBase):
             waiter.set_result(None)
 
     def _deliver(self, data: str | bytes) -> None:
-        self._messages.append(data)
+        messages = self._messages
+        if messages is None:
+            self._messages = messages = deque()
+        messages.append(data)
         self._wake()
-        if (
-            not self._paused
-            and len(self._messages) >= QUEUE_HIGH_WATER
-            and self.state is State.ACTIVE
-        ):
+        if not self._paused and len(messages) >= QUEUE_HIGH_WATER and self.state is State.ACTIVE:
             # The handler is behind: stop reading. The lifecycle is told, so
             # pongs that cannot be read meanwhile count against nobody.
             self._paused = True
@@ -149,7 +159,14 @@ class Connection(ConnectionBase):
             self._transport.resume_reading()
 
 
-class _Protocol(asyncio.Protocol):
+#: One receive buffer for every connection: asyncio reads into it and calls
+#: ``buffer_updated`` at once, so reads never interleave. (Plain
+#: ``data_received`` would allocate, then shrink, a 256 KiB bytes object for
+#: every read, an 8-byte pong included: the costliest step of a heartbeat.)
+_RECEIVE = memoryview(bytearray(65536))
+
+
+class _Protocol(asyncio.BufferedProtocol):
     """The transport side of one connection; all logic is in the wire."""
 
     __slots__ = ("conn", "server", "transport")
@@ -160,14 +177,19 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A cast, not an isinstance check: uvloop's transports are not
+        # asyncio.Transport subclasses, but have the same methods.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.conn = self.server._accept(transport)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _RECEIVE
+
+    def buffer_updated(self, nbytes: int) -> None:
         conn = self.conn
         assert conn is not None
-        conn.wire.receive_data(data, self.server.now())
+        conn.wire.receive_data(_RECEIVE[:nbytes].tobytes(), self.server.now())
         self.server.flush(conn)
 
     def eof_received(self) -> bool:
@@ -223,7 +245,10 @@ class _Ops:
 
     def closed(self) -> None:
         conn = self.conn
-        conn._closed.set()
+        conn._closed = True
+        waiter = conn._closed_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         conn._wake()
 
 
@@ -245,11 +270,13 @@ class Server:
             entropy or default_entropy(),
             broker=broker,
             metrics_exporter=prometheus_exporter(),
+            unmask=fast_unmask(),
         )
         self._connections: dict[Connection, _Ops] = {}
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._armed_changes = -1
         self._drained = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -328,8 +355,9 @@ class Server:
 
     # ---------------------------------------------------------------- events
 
-    def flush(self, conn: Connection) -> None:
-        """Write a wire's output and act on its events; keep the timer armed."""
+    def flush(self, conn: Connection, *, arm: bool = True) -> None:
+        """Write a wire's output and act on its events; keep the timer armed
+        (``arm=False``: the caller re-arms once, after a batch)."""
         ops = self._connections.get(conn)
         if ops is None:
             return
@@ -338,7 +366,8 @@ class Server:
         transport = conn._transport
         if transport is not None:
             wire.write_buffer_size = transport.get_write_buffer_size()
-        self._arm()
+        if arm:
+            self._arm()
 
     def _accept(self, transport: asyncio.Transport) -> Connection:
         wire = self.hub.open(self.now())
@@ -379,6 +408,10 @@ class Server:
 
     def _arm(self) -> None:
         """Keep ONE timer at the hub's earliest deadline; move it only earlier."""
+        changes = self.hub.changes
+        if changes == self._armed_changes and self._timer is not None:
+            return  # no deadline moved since the timer was armed
+        self._armed_changes = changes
         deadline = self.hub.next_deadline()
         if deadline is None:
             return
@@ -394,8 +427,8 @@ class Server:
         self._timer_at = None
         hub = self.hub
         now = self.now()
-        for wire in hub.tick(now):
-            self.flush(wire.context)
+        for wire in hub.tick(now, TICK_BATCH):
+            self.flush(wire.context, arm=False)
         for alert in hub.take_alerts():
             log_alert(alert)
         for wire in hub.expired_closes(now):

@@ -62,6 +62,13 @@ def parser() -> argparse.ArgumentParser:
     add("--activity-is-liveness", action="store_true", help="inbound messages prove liveness")
     add("--stall-threshold", type=float, default=None, metavar="SECONDS")
     add(
+        "--timer-slack",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="coalesce deadlines on this grid (default: min(interval/100, 0.02))",
+    )
+    add(
         "--allow-origin",
         action="append",
         default=[],
@@ -100,6 +107,7 @@ def build_config(args: argparse.Namespace) -> Config:
         heartbeat_mode=HeartbeatMode(args.heartbeat_mode),
         activity_is_liveness=args.activity_is_liveness,
         stall_threshold=args.stall_threshold,
+        timer_slack=args.timer_slack,
         allowed_origins=frozenset(args.allow_origin),
         allow_no_origin=args.allow_no_origin,
         max_message_size=args.max_message_size,

@@ -83,9 +83,11 @@ from wslifecycle.relay import handle_relay_message, publish
 from wslifecycle.wire import ServerConnection
 
 from ._common import (
+    TICK_BATCH,
     ConnectionBase,
     default_entropy,
     drain_wire,
+    fast_unmask,
     log,
     log_alert,
     prometheus_exporter,
@@ -102,6 +104,9 @@ QUEUE_LOW_WATER = 16
 #: Handler threads by default (as many as concurrent.futures would start).
 DEFAULT_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 RECV_SIZE = 65536
+#: The I/O thread reads every socket into this one buffer and copies out what
+#: arrived (``sock.recv(n)`` would allocate and shrink n bytes on every read).
+_RECEIVE = memoryview(bytearray(RECV_SIZE))
 #: Accepts per batch, so a connection storm cannot starve the other sockets.
 ACCEPT_BATCH = 64
 #: Out of descriptors or memory: stop accepting for this long (seconds).
@@ -301,6 +306,7 @@ class Server:
             entropy or default_entropy(),
             broker=broker,
             metrics_exporter=prometheus_exporter(),
+            unmask=fast_unmask(),
         )
         self._lock = threading.Lock()
         # Guarded by the lock:
@@ -550,7 +556,7 @@ class Server:
             touched.update((wire.context._transport, None) for wire in hub.begin_drain(now))
         deadline = hub.next_deadline()
         if deadline is not None and deadline <= now:
-            touched.update((wire.context._transport, None) for wire in hub.tick(now))
+            touched.update((wire.context._transport, None) for wire in hub.tick(now, TICK_BATCH))
             for alert in hub.take_alerts():
                 log_alert(alert)
             for wire in hub.expired_closes(now):
@@ -604,11 +610,12 @@ class Server:
         """Bytes read; b"" for EOF or a socket error; None for nothing yet."""
         assert transport.sock is not None
         try:
-            return transport.sock.recv(RECV_SIZE)
+            size = transport.sock.recv_into(_RECEIVE)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:  # ECONNRESET and friends: the transport is lost
             return b""
+        return _RECEIVE[:size].tobytes()
 
     def _open(self, sock: socket.socket, port: int, now: float) -> None:
         wire = self.hub.open(now)

@@ -68,9 +68,11 @@ from wslifecycle.relay import handle_relay_message, publish
 from wslifecycle.wire import ServerConnection
 
 from ._common import (
+    TICK_BATCH,
     ConnectionBase,
     default_entropy,
     drain_wire,
+    fast_unmask,
     log,
     log_alert,
     prometheus_exporter,
@@ -276,6 +278,7 @@ class Server:
             entropy or default_entropy(),
             broker=broker,
             metrics_exporter=prometheus_exporter(),
+            unmask=fast_unmask(),
         )
         self.listeners = list(listeners)
         self._connections: dict[Connection, _Ops] = {}
@@ -351,7 +354,7 @@ class Server:
                 await trio.sleep_forever()
             self._timer = None
             now = trio.current_time()
-            for wire in hub.tick(now):
+            for wire in hub.tick(now, TICK_BATCH):
                 self.flush(wire.context)
             for alert in hub.take_alerts():
                 log_alert(alert)

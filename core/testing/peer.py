@@ -117,8 +117,9 @@ class Simulation:
         lateness: Callable[[float], float] | None = None,
         buffered: int = 0,
     ) -> None:
-        """``lateness(deadline)`` is how late the timer fires for that deadline
-        (seconds ≥ 0; default always on time). ``buffered`` is the write
+        """``lateness(wakeup)`` is how late the timer fires after the wake-up
+        time the scheduler asks for (the earliest deadline on the timer-slack
+        grid; seconds ≥ 0; default always on time). ``buffered`` is the write
         buffer the simulated transport reports."""
         self.scheduler = scheduler
         self.clock = clock
@@ -160,10 +161,10 @@ class Simulation:
         """Advance the clock to ``end``, firing timers and peer events in order."""
         scheduler = self.scheduler
         while True:
-            deadline = scheduler.next_deadline()
+            wakeup = scheduler.next_wakeup()
             fire_at = math.inf
-            if deadline is not None:
-                fire_at = deadline + (self._lateness(deadline) if self._lateness else 0.0)
+            if wakeup is not None:
+                fire_at = wakeup + (self._lateness(wakeup) if self._lateness else 0.0)
             inbox_at = self._inbox[0][0] if self._inbox else math.inf
             when = min(fire_at, inbox_at)
             if when > end:

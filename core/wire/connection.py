@@ -71,6 +71,7 @@ from .http import (
     render_response,
     render_switching_protocols,
 )
+from .mask import Unmask
 
 __all__ = ["HttpReply", "PlainResponder", "ReleaseHook", "ServerConnection", "health_responder"]
 
@@ -114,6 +115,7 @@ class ServerConnection:
         "_refusal",
         "_release",
         "_responder",
+        "_unmask",
         "_writer",
         "context",
         "lifecycle",
@@ -129,17 +131,20 @@ class ServerConnection:
         *,
         responder: PlainResponder | None = None,
         release_channels: ReleaseHook | None = None,
+        unmask: Unmask | None = None,
     ) -> None:
         """``responder`` answers plain HTTP requests (default: ``/healthz``
         only). ``release_channels`` removes the connection from its pub/sub
         channels when teardown asks; without it, ``ReleaseChannels`` reaches
-        :meth:`take_events` and the driver acknowledges it on the lifecycle."""
+        :meth:`take_events` and the driver acknowledges it on the lifecycle.
+        ``unmask`` replaces the pure-Python unmasking (``wire.mask``)."""
         self.lifecycle = lifecycle = scheduler.open(now)
         lifecycle.owner = self
         self._config = scheduler.config
         self._http: RequestReader | None = RequestReader(scheduler.config)
         self._responder = responder or health_responder(scheduler)
         self._release = release_channels
+        self._unmask = unmask
         self._reader: FrameReader | None = None
         self._writer: CompressedWriter | None = None
         self._extensions: list[Extension] = []
@@ -321,7 +326,7 @@ class ServerConnection:
                 self._extensions = [extension]
                 self._writer = CompressedWriter(self._extensions)
         self._out.append(render_switching_protocols(tuple(headers)))
-        self._reader = FrameReader(config, self._extensions)
+        self._reader = FrameReader(config, self._extensions, self._unmask)
         if request.trailing:
             self._feed_frames(request.trailing, now)
 

@@ -25,6 +25,7 @@ import base64
 import binascii
 import dataclasses
 import re
+import sys
 
 import h11
 
@@ -188,11 +189,12 @@ class RequestReader:
         if len(event.headers) > config.max_headers:
             return Refusal(431, f"more than {config.max_headers} header fields")
         request = HttpRequest(
-            method=method,
-            target=target,
-            http_version=event.http_version.decode("ascii", "replace"),
+            method=_shared(method),
+            target=_shared(target),
+            http_version=_shared(event.http_version.decode("ascii", "replace")),
             headers=tuple(
-                (n.decode("ascii", "replace"), v.decode("latin-1")) for n, v in event.headers
+                (_shared(n.decode("ascii", "replace")), _shared(v.decode("latin-1")))
+                for n, v in event.headers
             ),
         )
         if request.path in HTTP_ENDPOINTS:
@@ -244,6 +246,13 @@ class RequestReader:
             ),
             trailing=bytes(trailing),
         )
+
+
+def _shared(text: str) -> str:
+    """Short strings that thousands of requests repeat ("websocket", "13",
+    "Upgrade", the host) are kept once (``sys.intern``; interned strings are
+    freed with their last user, so hostile input cannot pile up)."""
+    return sys.intern(text) if len(text) <= 64 else text
 
 
 def _valid_key(key: str) -> bool:

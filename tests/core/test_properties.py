@@ -120,7 +120,8 @@ def test_a_silent_peer_is_terminated_within_the_bound(
     zombie = sim.connect(
         ScriptedPeer(rtt=rtt_fraction * interval, silent_from=t0, messages=messages)
     )
-    bound = t0 + config.detection_bound + 2 * lateness
+    # L, the timer's lateness after a deadline, includes the timer-slack grid.
+    bound = t0 + config.detection_bound + 2 * (lateness + config.effective_timer_slack)
     sim.run_until(bound + interval)
 
     entry = sim.trace.first(Terminate, zombie.id)
@@ -154,7 +155,7 @@ def test_a_peer_answering_within_one_interval_is_never_terminated(
     terminated for liveness, for any interval, threshold, phase and timer
     lateness below the stall threshold."""
     interval = config.heartbeat_interval
-    lateness = lateness_fraction * config.effective_stall_threshold
+    lateness = lateness_fraction * (config.effective_stall_threshold - config.effective_timer_slack)
     sim, clock = new_simulation(config, seed, lateness)
     start = clock.now
     end = start + periods * interval
@@ -197,15 +198,15 @@ def test_a_tick_later_than_the_stall_threshold_terminates_nobody(
 
     # The loop blocks for longer than every bound: when the timer finally
     # fires, zombies and the handshake are all overdue.
-    deadline = scheduler.next_deadline()
-    assert deadline is not None
+    wakeup = scheduler.next_wakeup()  # the deadline on the timer-slack grid
+    assert wakeup is not None
     clock.advance(max(config.detection_bound, config.handshake_timeout) * excess)
     actions = [a for lc in scheduler.tick(clock.now) for a in lc.take_actions()]
     alerts = scheduler.take_alerts()
 
     assert not [a for a in actions if isinstance(a, Terminate)]
     assert [a.kind for a in alerts] == [AlertKind.LOOP_STALL]
-    assert math.isclose(alerts[0].value, clock.now - deadline)
+    assert math.isclose(alerts[0].value, clock.now - wakeup)
     assert handshaking.state is State.OPEN
     assert scheduler.metrics.loop_stalls == 1
     assert len(scheduler) == zombies + healthy + 1
@@ -224,8 +225,11 @@ def test_a_tick_later_than_the_stall_threshold_terminates_nobody(
 def test_pings_are_spaced_and_spread(interval: float, count: int, burst: bool, seed: int) -> None:
     """No connection is pinged twice within one interval, and with N
     connections no window of a tenth of the interval holds more than
-    N/10 + 3 pings."""
-    config = Config(heartbeat_interval=interval, max_missed_pongs=2, allow_no_origin=True)
+    N/10 + 3 pings (ticks exactly at the deadlines: timer slack 0; with a
+    slack g, ping times move by less than g)."""
+    config = Config(
+        heartbeat_interval=interval, max_missed_pongs=2, allow_no_origin=True, timer_slack=0.0
+    )
     sim, clock = new_simulation(config, seed)
     rng = random.Random(seed)
     for _ in range(count):  # all at once, or arriving at random times

@@ -311,3 +311,17 @@ def test_the_hub_does_not_keep_a_closed_wire_alive() -> None:
     hub.scheduler.tick(100.0)  # its stale heartbeat entry surfaces and goes
     gc.collect()
     assert hub.expired_closes(1.0) == []
+
+
+def test_changes_count_what_can_move_the_next_deadline() -> None:
+    """A new deadline or a bounded close bumps ``changes``; a pong does not
+    (so a driver re-arms its timer only when it may have to)."""
+    hub = make_hub()
+    before = hub.changes
+    wire = connect(hub)  # a handshake deadline, then a heartbeat slot
+    assert hub.changes > before
+    settled = hub.changes
+    wire.lifecycle.receive_pong(1.0, b"unsolicited")
+    assert hub.changes == settled
+    hub.closing(wire, 1.0)
+    assert hub.changes == settled + 1

@@ -217,12 +217,12 @@ def test_connections_is_a_read_only_set_view(scheduler: Scheduler) -> None:
     assert len(scheduler) == 1
 
 
-def test_heap_is_compacted_when_stale_entries_pile_up(scheduler: Scheduler) -> None:
-    """Many connections opened and refused leave no unbounded pile of stale heap entries."""
+def test_timer_entries_are_compacted_when_stale_ones_pile_up(scheduler: Scheduler) -> None:
+    """Many connections opened and refused leave no unbounded pile of stale timer entries."""
     for i in range(1000):
         scheduler.open(float(i)).reject_upgrade(float(i), 400, "bad")
     assert len(scheduler) == 0
-    assert len(scheduler._heap) <= 65  # compaction keeps it near 2 × live + 64
+    assert scheduler._entries <= 65  # compaction keeps entries near 2 × live + 64
     assert scheduler.next_deadline() is None
 
 
@@ -231,7 +231,7 @@ def test_compaction_keeps_live_deadlines(scheduler: Scheduler) -> None:
     live = [scheduler.open(0.0) for _ in range(10)]
     for i in range(500):
         scheduler.open(1.0).transport_lost(1.0 + i / 1000)
-    assert len(scheduler._heap) <= 2 * len(live) + 65
+    assert scheduler._entries <= 2 * len(live) + 65
     assert scheduler.next_deadline() == 10.0
     assert scheduler.tick(10.0) == live
     assert all(lc.state is State.CLOSED for lc in live)

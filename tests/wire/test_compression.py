@@ -106,3 +106,20 @@ def test_a_corrupt_deflate_stream_gets_1007() -> None:
     wire.receive_data(frame(0x1, b"\xff\xff\xff\xff garbage", rsv=4), 1.0)
     frames = parse_server_frames(wire.data_to_send())
     assert [f.close_code for f in frames] == [1007]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 16])
+def test_a_data_frame_inside_a_compressed_fragmented_message_is_1002_however_it_arrives(
+    chunk: int,
+) -> None:
+    """Found by fuzz/frames_fuzz.py: a compressed first fragment whose bytes
+    do not inflate yet, then a new data frame, is a fragment-order error
+    (1002, RFC 6455 §5.4) whether the frames arrive whole or byte by byte;
+    the order is checked at the header, before any payload is inflated."""
+    wire = compressed_wire()
+    data = frame(0x1, b"\x88", fin=False, rsv=4) + frame(0x2, b"x" * 122)
+    for i in range(0, len(data), chunk):
+        wire.receive_data(data[i : i + chunk], 1.0)
+    frames = parse_server_frames(wire.data_to_send())
+    assert [f.close_code for f in frames] == [1002]
+    assert wire.lifecycle.cause is TerminationCause.PROTOCOL_ERROR
