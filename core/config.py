@@ -203,8 +203,9 @@ class Config:
     @property
     def detection_bound(self) -> float:
         """Seconds from a peer's last sign of life to its termination, at most,
-        before timer slack: ``(max_missed_pongs + 1) × heartbeat_interval``.
-        The slack is twice the timer's lateness (see ``heartbeat.py``)."""
+        before the timer's lateness: ``(max_missed_pongs + 1) ×
+        heartbeat_interval``. Add twice the lateness, that is
+        ``2 × (effective_timer_slack + the loop's lag)`` (see ``heartbeat.py``)."""
         return (self.max_missed_pongs + 1) * self.heartbeat_interval
 
     def replace(self, **changes: object) -> Config:

@@ -21,8 +21,9 @@ When it is due, :func:`decide` says what happens:
 * **PROBE**: count a miss first (the pong, if it comes, resets it), then
   send the probe.
 
-Bound: let L be the most the driver's timer fires after a deadline, the
-timer-slack grid included (the scheduler's slack is 2L). A peer silent from
+Bound: let L be the most the driver's timer fires after a deadline: up to
+``timer_slack`` by design (deadlines are rounded up to the slack grid so that
+connections share wake-ups) plus the event loop's own lateness. A peer silent from
 t0 is probed at its slots p1 ≤ t0 + I, p2, ...; the count reaches ``max_missed`` at p_max, and the
 timeout check is due at p_(max+1), or, if the last probe went out late, at
 most L after it (DEFER); that check fires at most L late. So the peer is

@@ -6,9 +6,19 @@ Measures, on this machine, with a fake clock and no I/O:
   * handling one pong (matching the last ping, and unsolicited);
   * one scheduler tick with N connections of which none are due, and 1% due;
   * the core state of one idle ACTIVE connection (tracemalloc), scheduler
-    heap entry and live-set slot included.
+    cell entry and live-set slot included;
+  * one whole heartbeat interval of fake time in steady state, driven the
+    way a driver drives it (wake at ``next_wakeup()``, ``tick(now, 256)``
+    batches, every ping answered by a pong): the CPU it costs, the pings per
+    second it sustains, and the longest single timer callback.
 Targets (issue 2): pong < 2 µs, idle tick < 20 µs at 100,000 connections,
 < 1 KiB per connection.
+
+    .venv/bin/python -m tests.bench.core_bench --scale 10000,100000,1000000
+
+prints how those costs grow with the number of connections (issue 7: the
+core-only benchmark for scale beyond one process; ~3 minutes and ~1.5 GB at
+1,000,000).
 """
 
 from __future__ import annotations
@@ -20,9 +30,12 @@ import time
 import tracemalloc
 
 from wslifecycle import Config, ConnectionLifecycle, Scheduler
+from wslifecycle.actions import SendPing
 from wslifecycle.testing import seeded_entropy
 
 INTERVAL = 30.0
+TICK_BATCH = 256  # what the drivers pass (drivers/_common.py)
+RTT = 0.005
 
 
 def build(n: int) -> tuple[Scheduler, list[ConnectionLifecycle]]:
@@ -74,9 +87,10 @@ def bench_pong() -> tuple[float, float]:
 
 def bench_ticks(n: int) -> tuple[float, float, float, int]:
     scheduler, _ = build(n)
-    first = scheduler.next_deadline()
+    first = scheduler.next_wakeup()
     assert first is not None
-    before = first - 1e-6
+    # A wake-up one timer-slack step early: nothing can be due yet.
+    before = first - Config(heartbeat_interval=INTERVAL).effective_timer_slack
     calls = 20_000
 
     def idle() -> None:
@@ -120,10 +134,76 @@ def bench_memory(n: int) -> float:
     return total / n
 
 
+def run_interval(scheduler: Scheduler, start: float) -> tuple[float, int, int, float]:
+    """Drive one interval of fake time from ``start`` as a driver would; every
+    ping is answered RTT later. Returns (CPU seconds, pings, wake-ups, longest
+    callback in seconds)."""
+    cpu = longest = 0.0
+    pings = wakeups = 0
+    end = start + INTERVAL
+    clock = time.process_time
+    while (wakeup := scheduler.next_wakeup()) is not None and wakeup <= end:
+        began = clock()
+        wakeups += 1
+        while True:  # a driver's timer callback: batches until nothing is due
+            ran = scheduler.tick(wakeup, TICK_BATCH)
+            for lifecycle in ran:
+                for action in lifecycle.take_actions():
+                    if type(action) is SendPing:
+                        pings += 1
+                        lifecycle.receive_pong(wakeup + RTT, action.payload)
+            if len(ran) < TICK_BATCH:
+                break
+        spent = clock() - began
+        cpu += spent
+        longest = max(longest, spent)
+    return cpu, pings, wakeups, longest
+
+
+def bench_interval(n: int) -> tuple[float, int, int, float]:
+    """A steady-state interval: the first (every connection's first slot)
+    is run untimed, the second is measured."""
+    scheduler, conns = build(n)
+    gc.collect()
+    gc.freeze()  # a long-running server's old objects are not rescanned
+    run_interval(scheduler, 0.0)
+    result = run_interval(scheduler, INTERVAL)
+    gc.unfreeze()
+    del scheduler, conns
+    return result
+
+
+def scale(sizes: list[int]) -> None:
+    """How the core's costs grow with the number of connections."""
+    print(f"core only, {INTERVAL:.0f} s interval, every ping answered, one thread")
+    print()
+    print(
+        "| connections | core state / conn | idle tick | CPU per ping+pong | "
+        "pings/s needed | pings/s one core sustains | core busy | wake-ups / interval "
+        "| longest callback |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n in sizes:
+        memory = bench_memory(n)
+        idle, _, _, _ = bench_ticks(n)
+        cpu, pings, wakeups, longest = bench_interval(n)
+        assert pings == n, (pings, n)  # every connection pinged once per interval
+        print(
+            f"| {n:,} | {memory:.0f} B | {idle * 1e6:.2f} µs | {cpu / pings * 1e6:.2f} µs | "
+            f"{n / INTERVAL:,.0f} | {pings / cpu:,.0f} | {cpu / INTERVAL:.1%} | {wakeups} | "
+            f"{longest * 1e3:.1f} ms |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=100_000)
+    parser.add_argument("--scale", help="comma-separated connection counts: the scaling table")
     args = parser.parse_args()
+    if args.scale:
+        scale([int(size) for size in args.scale.split(",")])
+        return
     n = args.connections
 
     pong_match, pong_other = bench_pong()
