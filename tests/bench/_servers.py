@@ -76,6 +76,12 @@ def _aiohttp(hb: Heartbeat) -> tuple[list[str], str]:
     return argv, f"heartbeat={_fmt(heartbeat)} (window {_fmt(1.5 * heartbeat)} s)"
 
 
+def _asyncio_floor(hb: Heartbeat) -> tuple[list[str], str]:
+    argv = [sys.executable, "-m", "tests.bench.peers.asyncio_floor", "--port", "0"]
+    argv += ["--interval", _fmt(hb.interval)]
+    return argv, f"a ping every {_fmt(hb.interval)} s, pongs unread"
+
+
 def _node_ws(hb: Heartbeat) -> tuple[list[str], str]:
     interval = hb.interval if hb.match == "interval" else hb.window / 2
     argv = [shutil.which("node") or "node", str(NODE_DIR / "ws_server.js"), "--port", "0"]
@@ -89,6 +95,7 @@ class ServerKind:
     label: str
     build: Callable[[Heartbeat], tuple[list[str], str]]
     needs: str  # a Python module, or "node" for the Node.js server
+    only: tuple[str, ...] = ()  # the scenarios it takes part in (empty: all)
 
     def missing(self) -> str | None:
         """Why this server cannot run here, or None."""
@@ -113,6 +120,8 @@ SERVERS: tuple[ServerKind, ...] = (
     ServerKind("websockets", "websockets (asyncio)", _websockets, "websockets"),
     ServerKind("aiohttp", "aiohttp", _aiohttp, "aiohttp"),
     ServerKind("node-ws", "Node.js ws", _node_ws, "node"),
+    # The plain asyncio loop's floor for a heartbeat (tests/bench/peers/asyncio_floor.py).
+    ServerKind("asyncio-floor", "asyncio floor", _asyncio_floor, "asyncio", only=("cpu",)),
 )
 
 

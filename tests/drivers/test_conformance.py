@@ -61,9 +61,11 @@ def url(server: ServerThread, path: str = "/chat") -> str:
 
 
 def slack(server: ServerThread) -> float:
-    """The scheduler's slack (DESIGN §4): twice the worst timer lateness seen,
-    plus a little for the test thread to observe the log line."""
-    return 2 * server.metrics().loop_lag.maximum + 0.1
+    """The scheduler's slack (DESIGN §4): twice the worst timer lateness,
+    that is the timer-slack grid plus the worst loop lag seen (measured from
+    the grid point), plus a little for the test thread to see the log line."""
+    lateness = config().effective_timer_slack + server.metrics().loop_lag.maximum
+    return 2 * lateness + 0.1
 
 
 # ----------------------------------------------------------- healthy peers
