@@ -17,7 +17,7 @@ Targets (issue 2): pong < 2 µs, idle tick < 20 µs at 100,000 connections,
     .venv/bin/python -m tests.bench.core_bench --scale 10000,100000,1000000
 
 prints how those costs grow with the number of connections (issue 7: the
-core-only benchmark for scale beyond one process; ~3 minutes and ~1.5 GB at
+core-only benchmark for scale beyond one process; ~3 minutes with
 1,000,000).
 """
 
