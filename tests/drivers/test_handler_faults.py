@@ -177,7 +177,11 @@ FAILING = 2
 def _settle(server: ServerThread, fds: int, workers: int | None) -> None:
     deadline = time.monotonic() + 10
     while server.connection_count() or open_fds() > fds or _workers(server) != workers:
-        assert time.monotonic() < deadline, (server.connection_count(), open_fds(), fds)
+        assert time.monotonic() < deadline, (
+            server.connection_count(),
+            (open_fds(), fds),
+            (_workers(server), workers),
+        )
         time.sleep(0.05)  # polling counters, bounded by the deadline above
 
 
@@ -197,11 +201,11 @@ def test_handler_faults_get_the_right_close_and_leave_nothing_behind(driver: str
     server = SERVERS[driver](config, mode="echo")
     server.custom_handler = HANDLERS[driver]  # type: ignore[attr-defined]
     with LogWatch() as logs, server:
-        warm = upgraded(server.port)
+        workers = _workers(server)  # before any connection: the server's own
+        warm = upgraded(server.port)  # warms caches before the descriptor baseline
         warm.close()
+        _settle(server, open_fds(), workers)
         fds = open_fds()
-        _settle(server, fds, _workers(server))
-        fds, workers = open_fds(), _workers(server)
         for case in CASES:
             case(server.port, logs)
         _settle(server, fds, workers)
