@@ -237,6 +237,16 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def worker_count(server: ServerThread) -> int | None:
+    """The server's tasks (asyncio, trio) or threads (selector), to compare
+    with a baseline; None for a driver that has neither."""
+    if hasattr(server, "task_count"):
+        return int(server.task_count())
+    if hasattr(server, "thread_count"):
+        return int(server.thread_count())
+    return None
+
+
 def node_client(url: str, channel: str, seconds: float, origin: str | None = None) -> Peer:
     argv = ["node", str(NODE_CLIENT), url, channel, str(seconds)]
     if origin:

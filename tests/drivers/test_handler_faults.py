@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.drivers.harness import SERVERS, LogWatch, ServerThread, open_fds
+from tests.drivers.harness import SERVERS, LogWatch, ServerThread, open_fds, worker_count
 from tests.drivers.torture import (
     LIMITS,
     OP_TEXT,
@@ -176,21 +176,13 @@ FAILING = 2
 
 def _settle(server: ServerThread, fds: int, workers: int | None) -> None:
     deadline = time.monotonic() + 10
-    while server.connection_count() or open_fds() > fds or _workers(server) != workers:
+    while server.connection_count() or open_fds() > fds or worker_count(server) != workers:
         assert time.monotonic() < deadline, (
             server.connection_count(),
             (open_fds(), fds),
-            (_workers(server), workers),
+            (worker_count(server), workers),
         )
         time.sleep(0.05)  # polling counters, bounded by the deadline above
-
-
-def _workers(server: ServerThread) -> int | None:
-    if hasattr(server, "task_count"):
-        return int(server.task_count())
-    if hasattr(server, "thread_count"):
-        return int(server.thread_count())
-    return None
 
 
 @pytest.mark.parametrize("driver", sorted(SERVERS))
@@ -201,7 +193,7 @@ def test_handler_faults_get_the_right_close_and_leave_nothing_behind(driver: str
     server = SERVERS[driver](config, mode="echo")
     server.custom_handler = HANDLERS[driver]  # type: ignore[attr-defined]
     with LogWatch() as logs, server:
-        workers = _workers(server)  # before any connection: the server's own
+        workers = worker_count(server)  # before any connection: the server's own
         warm = upgraded(server.port)  # warms caches before the descriptor baseline
         warm.close()
         _settle(server, open_fds(), workers)

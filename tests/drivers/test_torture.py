@@ -14,7 +14,7 @@ import tracemalloc
 
 import pytest
 
-from tests.drivers.harness import SERVERS, ServerThread, open_fds
+from tests.drivers.harness import SERVERS, ServerThread, open_fds, worker_count
 from tests.drivers.torture import (
     CASES,
     LIMITS,
@@ -42,14 +42,6 @@ def _settle(server: ServerThread, fds: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)  # polling counters, bounded by the deadline above
 
 
-def _workers(server: ServerThread) -> int | None:
-    if hasattr(server, "task_count"):
-        return int(server.task_count())
-    if hasattr(server, "thread_count"):
-        return int(server.thread_count())
-    return None
-
-
 @pytest.mark.parametrize("driver", sorted(SERVERS))
 def test_hostile_clients_get_the_right_answer_and_leave_nothing_behind(driver: str) -> None:
     """Each case gets its documented status or close code within its bound;
@@ -63,7 +55,7 @@ def test_hostile_clients_get_the_right_answer_and_leave_nothing_behind(driver: s
             _settle(server, open_fds())
             gc.collect()
             fds = open_fds()
-            workers = _workers(server)
+            workers = worker_count(server)
             threads = threading.active_count()
             memory = tracemalloc.get_traced_memory()[0]
 
@@ -89,7 +81,7 @@ def test_hostile_clients_get_the_right_answer_and_leave_nothing_behind(driver: s
             _settle(server, fds)
             gc.collect()
             assert open_fds() == fds
-            assert _workers(server) == workers
+            assert worker_count(server) == workers
             assert threading.active_count() == threads
             leaked = tracemalloc.get_traced_memory()[0] - memory
             assert leaked < MEMORY_TOLERANCE, f"{leaked} bytes of Python memory left behind"

@@ -147,6 +147,18 @@ def open_wire(
     return wire
 
 
+def first_probe(wire: ServerConnection) -> tuple[ServerFrame, float]:
+    """Run the scheduler to the wire's first heartbeat slot: the one frame
+    it wrote (a ping, or the JSON heartbeat) and the slot's time."""
+    scheduler = wire.lifecycle._scheduler
+    deadline = scheduler.next_deadline()
+    assert deadline is not None
+    for lifecycle in scheduler.tick(deadline):
+        lifecycle.owner.pump(deadline)
+    (probe,) = parse_server_frames(wire.data_to_send())
+    return probe, deadline
+
+
 @dataclasses.dataclass
 class Outcome:
     written: bytes

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import struct
 
-from tests.wire.helpers import frame, open_wire, parse_server_frames
+from tests.wire.helpers import first_probe, frame, open_wire, parse_server_frames
 from wslifecycle import TerminationCause
 from wslifecycle.actions import DeliverMessage
 
@@ -50,12 +50,7 @@ def test_a_pong_in_pieces_takes_wsproto_and_still_counts() -> None:
     """A pong split across reads goes through wsproto's decoder, and still
     resets the missed count and yields the round trip."""
     wire = open_wire()
-    scheduler = wire.lifecycle._scheduler
-    deadline = scheduler.next_deadline()
-    assert deadline is not None
-    for lifecycle in scheduler.tick(deadline):
-        lifecycle.owner.pump(deadline)
-    (ping,) = parse_server_frames(wire.data_to_send())
+    ping, deadline = first_probe(wire)
     pong = frame(0xA, ping.payload)
     for i in range(len(pong)):
         wire.receive_data(pong[i : i + 1], deadline + 0.5)

@@ -14,6 +14,7 @@ from tests.wire.helpers import (
     close_frame,
     config,
     feed,
+    first_probe,
     frame,
     open_wire,
     parse_server_frames,
@@ -206,12 +207,7 @@ def test_a_pong_resets_the_heartbeat_and_yields_an_rtt() -> None:
     """DESIGN §4: pings from the lifecycle become ping frames; the pong that
     answers one resets the missed count and gives a round-trip time."""
     wire = open_wire()
-    scheduler = wire.lifecycle._scheduler
-    deadline = scheduler.next_deadline()
-    assert deadline is not None
-    for lifecycle in scheduler.tick(deadline):
-        lifecycle.owner.pump(deadline)
-    (ping,) = parse_server_frames(wire.data_to_send())
+    ping, deadline = first_probe(wire)
     assert ping.opcode == OP_PING
     assert wire.lifecycle.missed_pongs == 1
     wire.receive_data(frame(OP_PONG, ping.payload), deadline + 0.25)
@@ -224,12 +220,7 @@ def test_the_app_heartbeat_goes_out_as_text_and_its_echo_is_not_delivered() -> N
     from wslifecycle import HeartbeatMode
 
     wire = open_wire(config(heartbeat_mode=HeartbeatMode.APPLICATION))
-    scheduler = wire.lifecycle._scheduler
-    deadline = scheduler.next_deadline()
-    assert deadline is not None
-    for lifecycle in scheduler.tick(deadline):
-        lifecycle.owner.pump(deadline)
-    (heartbeat,) = parse_server_frames(wire.data_to_send())
+    heartbeat, deadline = first_probe(wire)
     assert heartbeat.opcode == OP_TEXT
     assert b'"type":"heartbeat"' in heartbeat.payload
     wire.receive_data(frame(OP_TEXT, heartbeat.payload), deadline + 0.1)
