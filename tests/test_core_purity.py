@@ -37,13 +37,8 @@ def is_banned(name: str) -> bool:
     return any(name == banned or name.startswith(banned + ".") for banned in BANNED)
 
 
-#: ``python -m wslifecycle`` needs core/__main__.py; it is the program's entry
-#: point (it starts the CLI driver) and nothing in the library imports it.
-ENTRY_POINT = CORE / "__main__.py"
-
-
 def core_files() -> list[pathlib.Path]:
-    return sorted(p for p in CORE.rglob("*.py") if p != ENTRY_POINT)
+    return sorted(CORE.rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", core_files(), ids=lambda p: str(p.relative_to(CORE)))
@@ -71,8 +66,8 @@ def test_the_check_catches_a_banned_import() -> None:
 
 
 def test_importing_the_core_loads_no_driver_or_io_module() -> None:
-    """At run time too: importing every core module (the library, not its
-    entry point) loads no driver, asyncio, trio, socket or selectors."""
+    """At run time too: importing every core module loads no driver,
+    asyncio, trio, socket or selectors."""
     import subprocess
     import sys
 

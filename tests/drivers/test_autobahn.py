@@ -28,7 +28,7 @@ def test_autobahn_cases_pass_with_only_the_documented_exceptions(
     """Categories 1-7 and 10: OK, or the listed NON-STRICT/INFORMATIONAL
     outcome with its RFC reason; never FAILED or UNIMPLEMENTED."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "wslifecycle", "serve", "--port", "0", "--driver", driver,
+        [sys.executable, "-m", "wslifecycle.drivers", "serve", "--port", "0", "--driver", driver,
          "--mode", "echo", "--allow-no-origin", "--heartbeat-interval", "3600",
          "--log-level", "error"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

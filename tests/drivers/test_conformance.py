@@ -265,7 +265,7 @@ def test_sigterm_drains_with_1001_and_exits_0(driver: str) -> None:
     straggler is terminated at the drain deadline and the process exits 0."""
     drain_timeout = 2.0
     process = subprocess.Popen(
-        [sys.executable, "-m", "wslifecycle", "serve", "--port", "0", "--driver", driver,
+        [sys.executable, "-m", "wslifecycle.drivers", "serve", "--port", "0", "--driver", driver,
          "--allow-no-origin", "--heartbeat-interval", "30", "--drain-timeout",
          str(drain_timeout), "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -411,7 +411,7 @@ def test_a_stalled_server_blames_no_healthy_peer(driver: str) -> None:
     resumed: no healthy peer is terminated, and a loop_stall alert with the
     lag is logged and counted in /metrics."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "wslifecycle", "serve", "--port", "0", "--driver", driver,
+        [sys.executable, "-m", "wslifecycle.drivers", "serve", "--port", "0", "--driver", driver,
          "--allow-no-origin", "--heartbeat-interval", str(INTERVAL), "--log-level", "info"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
