@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable
 from typing import Protocol
 
-from wslifecycle import Entropy, MetricsSnapshot
+from wslifecycle import Config, Entropy, MetricsSnapshot
 from wslifecycle.actions import (
     AcceptUpgrade,
     Alert,
@@ -25,6 +25,8 @@ from wslifecycle.actions import (
     StateChanged,
     Terminate,
 )
+from wslifecycle.broker import Broker
+from wslifecycle.hub import Hub
 from wslifecycle.transitions import State
 from wslifecycle.wire import HttpReply, ServerConnection, UpgradeRequest
 from wslifecycle.wire.mask import Unmask
@@ -35,6 +37,7 @@ __all__ = [
     "TransportOps",
     "default_entropy",
     "drain_wire",
+    "driver_hub",
     "fast_unmask",
     "log",
     "prometheus_exporter",
@@ -75,6 +78,20 @@ class ConnectionBase:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value}>"
+
+
+def driver_hub(
+    config: Config, entropy: Entropy | None, broker: Broker[ServerConnection] | None
+) -> Hub:
+    """The hub every driver runs: OS entropy unless given, the Prometheus
+    exposition when installed, and C unmasking when installed."""
+    return Hub(
+        config,
+        entropy or default_entropy(),
+        broker=broker,
+        metrics_exporter=prometheus_exporter(),
+        unmask=fast_unmask(),
+    )
 
 
 def fast_unmask() -> Unmask | None:

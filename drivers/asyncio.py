@@ -25,19 +25,16 @@ from typing import Any, cast
 
 from wslifecycle import Config, ConnectionClosed, Entropy, State
 from wslifecycle.broker import Broker
-from wslifecycle.hub import Hub
 from wslifecycle.relay import handle_relay_message, publish
 from wslifecycle.wire import ServerConnection
 
 from ._common import (
     TICK_BATCH,
     ConnectionBase,
-    default_entropy,
     drain_wire,
-    fast_unmask,
+    driver_hub,
     log,
     log_alert,
-    prometheus_exporter,
 )
 
 __all__ = ["Connection", "Handler", "Server", "serve"]
@@ -265,13 +262,7 @@ class Server:
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._handler = handler
-        self.hub = Hub(
-            config,
-            entropy or default_entropy(),
-            broker=broker,
-            metrics_exporter=prometheus_exporter(),
-            unmask=fast_unmask(),
-        )
+        self.hub = driver_hub(config, entropy, broker)
         self._connections: dict[Connection, _Ops] = {}
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None

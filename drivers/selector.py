@@ -78,19 +78,16 @@ from typing import TypeVar
 
 from wslifecycle import Config, ConnectionClosed, Entropy, State
 from wslifecycle.broker import Broker
-from wslifecycle.hub import Hub
 from wslifecycle.relay import handle_relay_message, publish
 from wslifecycle.wire import ServerConnection
 
 from ._common import (
     TICK_BATCH,
     ConnectionBase,
-    default_entropy,
     drain_wire,
-    fast_unmask,
+    driver_hub,
     log,
     log_alert,
-    prometheus_exporter,
 )
 
 __all__ = ["Connection", "Handler", "Server", "echo_handler", "relay_handler", "serve"]
@@ -301,13 +298,7 @@ class Server:
         workers: int = DEFAULT_WORKERS,
     ) -> None:
         self._handler = handler
-        self.hub = Hub(
-            config,
-            entropy or default_entropy(),
-            broker=broker,
-            metrics_exporter=prometheus_exporter(),
-            unmask=fast_unmask(),
-        )
+        self.hub = driver_hub(config, entropy, broker)
         self._lock = threading.Lock()
         # Guarded by the lock:
         self._transports: dict[_Transport, None] = {}

@@ -63,19 +63,16 @@ import trio
 
 from wslifecycle import Config, ConnectionClosed, Entropy, State, TerminationCause
 from wslifecycle.broker import Broker
-from wslifecycle.hub import Hub
 from wslifecycle.relay import handle_relay_message, publish
 from wslifecycle.wire import ServerConnection
 
 from ._common import (
     TICK_BATCH,
     ConnectionBase,
-    default_entropy,
     drain_wire,
-    fast_unmask,
+    driver_hub,
     log,
     log_alert,
-    prometheus_exporter,
 )
 
 __all__ = [
@@ -273,13 +270,7 @@ class Server:
         listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
     ) -> None:
         self._handler = handler
-        self.hub = Hub(
-            config,
-            entropy or default_entropy(),
-            broker=broker,
-            metrics_exporter=prometheus_exporter(),
-            unmask=fast_unmask(),
-        )
+        self.hub = driver_hub(config, entropy, broker)
         self.listeners = list(listeners)
         self._connections: dict[Connection, _Ops] = {}
         self._timer: trio.CancelScope | None = None

@@ -20,11 +20,11 @@ from tests.drivers.harness import SERVERS, ServerThread, open_fds
 from tests.drivers.torture import (
     close_outcome,
     read_until_end,
-    request,
     rst,
     upgraded,
 )
 from tests.wire.helpers import close_frame, frame
+from tests.wire.helpers import upgrade_request as request
 from wslifecycle import Config, TerminationCause
 
 CYCLES = 10_000

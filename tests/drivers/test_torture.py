@@ -21,10 +21,10 @@ from tests.drivers.torture import (
     OP_BINARY,
     connect,
     http_outcome,
-    request,
     upgraded,
 )
 from tests.wire.helpers import close_frame, frame
+from tests.wire.helpers import upgrade_request as request
 from wslifecycle import Config
 
 #: Python memory the suite may leave behind (interned strings, import caches,

@@ -16,7 +16,8 @@ import time
 import zlib
 from collections.abc import Callable
 
-from tests.wire.helpers import KEY, close_frame, frame
+from tests.wire.helpers import KEY, close_frame, frame, standard_headers
+from tests.wire.helpers import upgrade_request as request
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
@@ -80,42 +81,12 @@ def connect(port: int) -> socket.socket:
     return sock
 
 
-def request(
-    path: str = "/chat",
-    *,
-    method: str = "GET",
-    version: str = "HTTP/1.1",
-    headers: list[tuple[str, str]] | None = None,
-    extra: list[tuple[str, str]] = (),  # type: ignore[assignment]
-) -> bytes:
-    if headers is None:
-        headers = [
-            ("Host", "localhost"),
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Key", KEY),
-            ("Sec-WebSocket-Version", "13"),
-        ]
-    lines = [f"{method} {path} {version}", *(f"{n}: {v}" for n, v in [*headers, *extra])]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
 def without(name: str) -> list[tuple[str, str]]:
-    return [(n, v) for n, v in _standard() if n != name]
+    return [(n, v) for n, v in standard_headers() if n != name]
 
 
 def replaced(name: str, value: str) -> list[tuple[str, str]]:
-    return [(n, value if n == name else v) for n, v in _standard()]
-
-
-def _standard() -> list[tuple[str, str]]:
-    return [
-        ("Host", "localhost"),
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", KEY),
-        ("Sec-WebSocket-Version", "13"),
-    ]
+    return [(n, value if n == name else v) for n, v in standard_headers()]
 
 
 def read_until_end(sock: socket.socket, timeout: float) -> tuple[bytes, float]:

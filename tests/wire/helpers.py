@@ -23,6 +23,17 @@ def config(**changes: object) -> Config:
     return Config(**base)  # type: ignore[arg-type]
 
 
+def standard_headers() -> list[tuple[str, str]]:
+    """The header fields of a well-formed upgrade request (RFC 6455 §4.1)."""
+    return [
+        ("Host", "localhost"),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", KEY),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+
+
 def upgrade_request(
     path: str = "/chat",
     *,
@@ -33,13 +44,7 @@ def upgrade_request(
 ) -> bytes:
     """An upgrade request; ``headers`` replaces the standard set."""
     if headers is None:
-        headers = [
-            ("Host", "localhost"),
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Key", KEY),
-            ("Sec-WebSocket-Version", "13"),
-        ]
+        headers = standard_headers()
     lines = [f"{method} {path} {version}", *(f"{n}: {v}" for n, v in [*headers, *extra])]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
