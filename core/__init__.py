@@ -26,11 +26,12 @@ from .lifecycle import ConnectionLifecycle
 from .metrics import Histogram, Metrics, MetricsSnapshot
 from .origin import origin_allowed
 from .scheduler import Scheduler
-from .transitions import Input, State
+from .transitions import ClosingStep, Input, State
 
 __all__ = [
     "AlertKind",
     "CloseCode",
+    "ClosingStep",
     "Config",
     "ConfigError",
     "ConnectionClosed",

@@ -1,13 +1,13 @@
 """Pub/sub membership: which connections hear which channel.
 
 :class:`Broker` is the small interface; :class:`InMemoryBroker` is the one
-process implementation (DESIGN §8; a Redis broker for several processes
-implements the same four methods). Members are whatever the hub registers
-(its wire connections); the broker only keeps sets.
+process implementation (a broker for several processes implements the same
+four methods). Members are whatever the hub registers (its wire
+connections); the broker only keeps sets.
 
 Teardown calls :meth:`Broker.release` before the close frame, synchronously,
-so once it returns no publish can reach the member: "no message may reach a
-connection after its subscriptions are released" (DESIGN §5).
+so once it returns no publish can reach the member: no message may reach a
+connection after its subscriptions are released (docs/theory.md, teardown).
 """
 
 from __future__ import annotations

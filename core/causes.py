@@ -19,7 +19,7 @@ class TerminationCause(enum.Enum):
     APPLICATION_CLOSE = "application_close"
     #: The peer sent a close frame first.
     PEER_CLOSE = "peer_close"
-    #: No pong for ``max_missed_pongs`` intervals (DESIGN §4).
+    #: No pong for ``max_missed_pongs`` intervals (docs/theory.md).
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
     #: No echo of the JSON application heartbeat for ``max_missed_pongs`` intervals.
     APP_HEARTBEAT_TIMEOUT = "app_heartbeat_timeout"
@@ -49,7 +49,7 @@ class TerminationCause(enum.Enum):
     TEARDOWN_ERROR = "teardown_error"
     #: The peer stopped reading and the write buffer outgrew its limit.
     SLOW_CONSUMER = "slow_consumer"
-    #: The server is at its connection limit (HTTP 503 or close 1013).
+    #: The server is at its connection limit (HTTP 503 before the upgrade).
     CONNECTION_LIMIT = "connection_limit"
     #: A plain HTTP request (``/healthz``, ``/metrics``) was answered, then closed.
     PLAIN_HTTP = "plain_http"

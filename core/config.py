@@ -1,6 +1,6 @@
 """The one configuration object, validated when it is made.
 
-Every knob of DESIGN §6 lives here with its default. A bad value raises
+Every knob of a server lives here with its default. A bad value raises
 :class:`~wslifecycle.ConfigError` naming the field and the reason, at
 construction: nothing runs with a config that could not work.
 """
@@ -25,7 +25,7 @@ OriginValidator = Callable[[str | None, str | None], bool]
 
 
 class HeartbeatMode(enum.Enum):
-    """How liveness is probed (DESIGN §4)."""
+    """How liveness is probed (docs/theory.md)."""
 
     #: RFC 6455 ping frames; proves the peer's TCP stack and WebSocket layer.
     PROTOCOL = "protocol"
@@ -37,7 +37,7 @@ class HeartbeatMode(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-    """Every setting of a server, with the defaults of DESIGN §6.
+    """Every setting of a server, with its default.
 
     Times are seconds (monotonic clock), sizes are bytes.
     """
@@ -71,6 +71,11 @@ class Config:
     #: Slow-consumer policy: a send that finds this many bytes still unwritten
     #: terminates the connection (SLOW_CONSUMER), so memory stays bounded.
     max_write_buffer: int = 4 * MiB
+    #: Messages queued for the handler before the connection stops reading
+    #: its socket (the handler is behind; unread pongs then blame nobody).
+    inbox_high_water: int = 64
+    #: Reading resumes once the handler has taken the queue down to this many.
+    inbox_low_water: int = 16
     #: Most ACTIVE or DRAINING connections; upgrades beyond it get 503.
     #: None: bounded only by the process's descriptors.
     max_connections: int | None = None
@@ -151,6 +156,14 @@ class Config:
                 "max_write_buffer",
                 f"must be at least write_buffer_guard ({self.write_buffer_guard}),"
                 f" got {self.max_write_buffer}",
+            )
+        _int_at_least("inbox_high_water", self.inbox_high_water, 1)
+        _int_at_least("inbox_low_water", self.inbox_low_water, 0)
+        if self.inbox_low_water >= self.inbox_high_water:
+            raise ConfigError(
+                "inbox_low_water",
+                f"must be below inbox_high_water ({self.inbox_high_water}),"
+                f" got {self.inbox_low_water}",
             )
         if self.max_connections is not None:
             _int_at_least("max_connections", self.max_connections, 1)

@@ -1,6 +1,6 @@
 """Where connection ids and probe payloads come from.
 
-The core has no randomness of its own (DESIGN §3): a driver passes real
+The core has no randomness of its own: a driver passes real
 entropy, a test passes a seeded source, and the same inputs then give the
 same actions.
 """

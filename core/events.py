@@ -22,10 +22,13 @@ __all__ = [
     "DrainRequested",
     "Event",
     "HandlerFailed",
+    "HandlerReturned",
     "MessageReceived",
     "PeerClosed",
     "PeerMisbehaved",
     "PongReceived",
+    "ReadingPaused",
+    "ReadingResumed",
     "SendRequested",
     "Subscribe",
     "TerminateRequested",
@@ -150,6 +153,27 @@ class HandlerFailed:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class HandlerReturned:
+    """The application handler returned while the connection was open."""
+
+    now: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadingPaused:
+    """The handler is behind: the driver stopped reading the socket."""
+
+    now: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadingResumed:
+    """The handler caught up: the driver reads the socket again."""
+
+    now: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ChannelsReleased:
     """The driver released the channels of a ``ReleaseChannels`` action."""
 
@@ -210,6 +234,9 @@ Event = (
     | PeerClosed
     | PeerMisbehaved
     | HandlerFailed
+    | HandlerReturned
+    | ReadingPaused
+    | ReadingResumed
     | ChannelsReleased
     | ChannelReleaseFailed
     | DrainRequested

@@ -1,4 +1,4 @@
-"""The liveness rule (DESIGN §4), in one place.
+"""The liveness rule (docs/theory.md), in one place.
 
 Each connection is due once per ``heartbeat_interval``, at its own phase.
 When it is due, :func:`decide` says what happens:

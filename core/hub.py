@@ -4,27 +4,33 @@ A hub owns the one :class:`~wslifecycle.Scheduler`, a
 :class:`~wslifecycle.broker.Broker` and every
 :class:`~wslifecycle.wire.ServerConnection`. Drivers differ only in how they
 move bytes and run handlers; what they share is here, so the three of them
-stay thin (DESIGN §2: "if two drivers share logic, that logic belongs in the
-core"):
+stay thin (a rule two drivers need lives below them):
 
 * ``open`` a wire per accepted socket, with teardown wired to the broker;
-* ``tick`` the one timer and pump every wire it touched;
-* ``begin_drain`` on SIGTERM;
-* ``subscribe`` / ``unsubscribe`` / ``members`` for pub/sub;
+* ``handle_timer`` when the one timer fires: it returns, in one
+  :class:`TimerWork`, every wire to flush, every socket to drop and every
+  alert to log; ``next_wakeup`` says when to fire next;
+* ``begin_drain`` on SIGTERM, ``stop`` when a server ends undrained;
+* ``subscribe`` / ``unsubscribe`` / ``members`` / ``fan_out`` for pub/sub;
 * ``/healthz`` and ``/metrics`` answers;
 * bounded closes: a socket closed gracefully with bytes still unsent (a peer
-  that stopped reading) is reported by ``expired_closes`` after
+  that stopped reading) comes back in ``TimerWork.reset`` after
   ``close_timeout``, for the driver to drop it.
+
+A driver keeps its own map from wire to socket; the core holds no pointer
+to a driver's objects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections import deque
 from collections.abc import Callable
 
 from .actions import Alert
 from .broker import Broker, InMemoryBroker
+from .causes import TerminationCause
 from .config import Config
 from .entropy import Entropy
 from .lifecycle import ConnectionLifecycle
@@ -34,16 +40,37 @@ from .wire.connection import HttpReply, ServerConnection, health_responder
 from .wire.http import HttpRequest
 from .wire.mask import Unmask
 
-__all__ = ["Hub", "MetricsExporter"]
+__all__ = ["Hub", "MetricsExporter", "TimerWork"]
 
 #: Renders a metrics snapshot as an HTTP answer (the driver's exposition).
 MetricsExporter = Callable[[MetricsSnapshot], HttpReply]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimerWork:
+    """Everything a driver does after its one timer fired, in this order."""
+
+    #: Wires with output (pings, closes, terminations): flush each.
+    flush: list[ServerConnection]
+    #: Graceful closes still flushing after ``close_timeout``: drop their
+    #: sockets (RST) if they are still open.
+    reset: list[ServerConnection]
+    #: Server-wide alerts (loop stalls): log them.
+    alerts: list[Alert]
+
+
 class Hub:
     """The shared, sans-IO heart of a server: one scheduler, one broker, many wires."""
 
-    __slots__ = ("_closing", "_health", "_metrics_exporter", "_unmask", "broker", "scheduler")
+    __slots__ = (
+        "_closing",
+        "_health",
+        "_metrics_exporter",
+        "_unmask",
+        "_wires",
+        "broker",
+        "scheduler",
+    )
 
     def __init__(
         self,
@@ -61,6 +88,9 @@ class Hub:
         self.broker: Broker[ServerConnection] = broker or InMemoryBroker()
         self._metrics_exporter = metrics_exporter
         self._health = health_responder(self.scheduler)
+        # The wire of every lifecycle not yet CLOSED (the scheduler knows
+        # lifecycles; tick and drain hand back their wires).
+        self._wires: dict[ConnectionLifecycle, ServerConnection] = {}
         # Every close has the same timeout, so arrival order is deadline order.
         # Weak: a wire whose socket closed in time is the driver's to forget.
         self._closing: deque[tuple[float, weakref.ref[ServerConnection]]] = deque()
@@ -73,41 +103,47 @@ class Hub:
 
     def open(self, now: float) -> ServerConnection:
         """A socket was accepted: its wire, in OPEN, handshake deadline armed."""
-        return ServerConnection(
+        wire = ServerConnection(
             self.scheduler,
             now,
             responder=self._respond,
-            release_channels=self._release,
+            release_channels=self.broker.release,
+            on_closed=self._closed,
             unmask=self._unmask,
         )
+        self._wires[wire.lifecycle] = wire
+        return wire
 
     @property
     def connections(self) -> list[ServerConnection]:
         """Every wire whose lifecycle is not yet CLOSED, in arrival order."""
-        return [lifecycle.owner for lifecycle in self.scheduler.connections]
+        wires = self._wires
+        return [wires[lifecycle] for lifecycle in self.scheduler.connections]
 
-    def next_deadline(self) -> float | None:
+    def next_wakeup(self) -> float | None:
         """When the driver's one timer must fire next (None: nothing pending)."""
-        deadline = self.scheduler.next_wakeup()
+        wakeup = self.scheduler.next_wakeup()
         if self._closing:
             closing = self._closing[0][0]
-            if deadline is None or closing < deadline:
+            if wakeup is None or closing < wakeup:
                 return closing
-        return deadline
+        return wakeup
 
-    def tick(self, now: float, limit: int | None = None) -> list[ServerConnection]:
-        """Fire every deadline due by ``now`` (at most ``limit`` of them: the
-        rest stay due, for the next call); returns the wires with output."""
-        wires = []
+    def handle_timer(self, now: float, limit: int | None = None) -> TimerWork:
+        """The one timer fired: run every deadline due by ``now`` (at most
+        ``limit`` of them; the rest stay due, so :meth:`next_wakeup` is still
+        ≤ now and the driver calls again after letting its loop breathe)."""
+        wires = self._wires
+        flush = []
         for lifecycle in self.scheduler.tick(now, limit):
-            wire: ServerConnection = lifecycle.owner
+            wire = wires[lifecycle]
             wire.pump(now)
-            wires.append(wire)
-        return wires
+            flush.append(wire)
+        return TimerWork(flush, self._expired_closes(now), self.scheduler.take_alerts())
 
     @property
     def changes(self) -> int:
-        """Grows whenever :meth:`next_deadline` may have moved: a driver that
+        """Grows whenever :meth:`next_wakeup` may have moved: a driver that
         armed its timer at the same value need not ask again."""
         return self.scheduler.changes
 
@@ -117,9 +153,8 @@ class Hub:
         self._closing.append((now + self.config.close_timeout, weakref.ref(wire)))
         self.scheduler.changes += 1
 
-    def expired_closes(self, now: float) -> list[ServerConnection]:
-        """Wires whose graceful close has not finished in time: the driver
-        drops them (RST) if their socket is still open."""
+    def _expired_closes(self, now: float) -> list[ServerConnection]:
+        """Wires whose graceful close has not finished in time."""
         closing = self._closing
         expired = []
         while closing and closing[0][0] <= now:
@@ -128,21 +163,26 @@ class Hub:
                 expired.append(wire)
         return expired
 
-    def take_alerts(self) -> list[Alert]:
-        """Server-wide alerts (loop stalls) since the last call."""
-        return self.scheduler.take_alerts()
-
     # ------------------------------------------------------------------ drain
 
     def begin_drain(self, now: float) -> list[ServerConnection]:
-        """Shut down (DESIGN §5): handshakes get 503, open connections close
-        with 1001, what is left at the drain deadline is terminated."""
-        wires = []
-        for lifecycle in self.scheduler.begin_drain(now):
-            wire: ServerConnection = lifecycle.owner
+        """Shut down gracefully: handshakes get 503, open connections close
+        with 1001, what is left at the drain deadline is terminated. Returns
+        the wires to flush."""
+        wires = self._wires
+        touched = [wires[lifecycle] for lifecycle in self.scheduler.begin_drain(now)]
+        for wire in touched:
             wire.pump(now)
-            wires.append(wire)
-        return wires
+        return touched
+
+    def stop(self, now: float) -> list[ServerConnection]:
+        """The server ends without (or before the end of) a drain: terminate
+        every connection still open (cause ``server_stopped``), channels
+        released first. Returns the wires to flush."""
+        touched = self.connections
+        for wire in touched:
+            wire.terminate(now, TerminationCause.SERVER_STOPPED)
+        return touched
 
     @property
     def draining(self) -> bool:
@@ -186,5 +226,5 @@ class Hub:
             return self._metrics_exporter(self.scheduler.metrics.snapshot())
         return self._health(request)
 
-    def _release(self, lifecycle: ConnectionLifecycle, channels: tuple[str, ...]) -> None:
-        self.broker.release(lifecycle.owner, channels)
+    def _closed(self, wire: ServerConnection) -> None:
+        self._wires.pop(wire.lifecycle, None)

@@ -13,8 +13,9 @@ which owns the one timer they share.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from . import events as ev
 from .actions import (
@@ -38,7 +39,7 @@ from .close_codes import CloseCode, is_sendable, validate_close
 from .exceptions import ConnectionClosed, InvalidCloseCode
 from .heartbeat import Decision, decide, heartbeat_echo_id, heartbeat_text
 from .origin import origin_allowed
-from .transitions import Input, State, next_state
+from .transitions import ClosingStep, Input, State, next_closing_step, next_state
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -52,6 +53,15 @@ OPEN, ACTIVE, DRAINING, CLOSED = State.OPEN, State.ACTIVE, State.DRAINING, State
 _NO_DRIFT_NOTICE = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ClosePlan:
+    """What a teardown will send once the channels are released."""
+
+    code: int
+    reason: str
+    drift_notice: bool  # a STATE_DRIFT notice first, if the client is behind
+
+
 class ConnectionLifecycle:
     """The state machine of one connection: OPEN → ACTIVE → DRAINING → CLOSED.
 
@@ -59,37 +69,30 @@ class ConnectionLifecycle:
     (why it ended, once it has begun to), ``opened_at``, ``seq`` (messages
     sent), ``client_seq`` (last one the client reported), ``missed_pongs``,
     ``missed_echoes``, ``latency`` (last pong round trip, seconds),
-    ``deadline`` (when the scheduler must call next). ``owner`` is free for
-    the driver (the wire or socket this lifecycle belongs to);
-    ``reading_paused`` is set by the driver while it does not read the socket.
+    ``deadline`` (when the scheduler must call next), ``reading_paused``,
+    ``closing_step`` (where a DRAINING connection is in its teardown).
     """
 
     __slots__ = (
         "_actions",
         "_active_since_due",
-        "_awaiting_release",
-        "_cell",
         "_channels",
-        "_close_code",
-        "_close_reason",
-        "_close_sent",
-        "_drift_notice",
+        "_close_plan",
         "_last_probe_at",
         "_paused_slots",
-        "_peer_closed",
         "_ping_payload",
         "_probe_id",
+        "_reading_paused",
         "_scheduler",
         "cause",
         "client_seq",
+        "closing_step",
         "deadline",
         "id",
         "latency",
         "missed_echoes",
         "missed_pongs",
         "opened_at",
-        "owner",
-        "reading_paused",
         "seq",
         "state",
     )
@@ -107,11 +110,10 @@ class ConnectionLifecycle:
         self.missed_echoes = 0
         self.latency: float | None = None
         self.deadline: float | None = None
-        self.owner: Any = None
-        self._cell: float | None = None  # the scheduler's cell for ``deadline``
-        #: Set by the driver while it has stopped reading this socket because
-        #: the application is behind: unread pongs cannot count as misses.
-        self.reading_paused = False
+        #: DRAINING's own step (None in every other state).
+        self.closing_step: ClosingStep | None = None
+        self._close_plan: _ClosePlan | None = None
+        self._reading_paused = False
         self._actions: list[Action] = []
         self._channels: set[str] | None = None
         self._last_probe_at = -math.inf
@@ -119,13 +121,7 @@ class ConnectionLifecycle:
         self._probe_id: str | None = None
         self._active_since_due = False
         self._paused_slots = 0
-        self._awaiting_release = False
-        self._close_sent = False
-        self._peer_closed = False
-        self._close_code = 1000
-        self._close_reason = ""
-        self._drift_notice = False
-        self._set_deadline(scheduler._handshake_deadline(now))
+        self._set_deadline(scheduler.handshake_deadline(now))
 
     def __repr__(self) -> str:
         return f"<ConnectionLifecycle {self.id} {self.state.value}>"
@@ -144,6 +140,12 @@ class ConnectionLifecycle:
     def channels(self) -> frozenset[str]:
         """The pub/sub channels the connection is subscribed to."""
         return frozenset(self._channels) if self._channels else frozenset()
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the driver must not read this socket: the handler is
+        behind (:meth:`pause_reading`). Unread pongs then count against nobody."""
+        return self._reading_paused
 
     @property
     def accepts_sends(self) -> bool:
@@ -176,7 +178,7 @@ class ConnectionLifecycle:
         self._move(Input.UPGRADE_ACCEPTED, None)
         scheduler.metrics.handshakes_accepted += 1
         self._actions.append(AcceptUpgrade(self.id))
-        self._set_deadline(scheduler._first_heartbeat_slot(now))
+        self._set_deadline(scheduler.first_heartbeat_slot(now))
         return True
 
     def reject_upgrade(self, now: float, status: int, reason: str) -> None:
@@ -330,7 +332,7 @@ class ConnectionLifecycle:
     def close(self, now: float, code: int = 1000, reason: str = "") -> None:
         """Begin the closing handshake with ``code`` (validated at once).
 
-        Teardown runs in DESIGN §5's order: DRAINING, release channels
+        Teardown runs in docs/theory.md's order: DRAINING, release channels
         (acknowledged by :meth:`channels_released`), a STATE_DRIFT notice if
         the client's sequence number differs, then the close frame. Closing a
         connection that is already closing or closed does nothing.
@@ -354,16 +356,14 @@ class ConnectionLifecycle:
         state = self.state
         if state is ACTIVE:
             echo = code if code is not None and is_sendable(code) else 1000
-            self._peer_closed = True
             self._begin_teardown(
                 now, Input.PEER_CLOSE, TerminationCause.PEER_CLOSE, echo, "", drift=False
             )
+            self._closing(Input.PEER_CLOSE)
             return
         next_state(state, Input.PEER_CLOSE)  # raises in OPEN
         if state is DRAINING:
-            self._peer_closed = True
-            if self._close_sent:
-                self._complete_close()
+            self._closing(Input.PEER_CLOSE)
 
     def fail(self, now: float, cause: TerminationCause, code: int, reason: str = "") -> None:
         """The peer broke the protocol or a limit: close with ``code`` (RFC
@@ -390,6 +390,38 @@ class ConnectionLifecycle:
             )
         else:
             next_state(self.state, Input.HANDLER_ERROR)  # raises in OPEN
+
+    def handler_returned(self, now: float) -> None:
+        """The application handler returned while the connection was still
+        ACTIVE: it is done with it, so close normally (1000)."""
+        if self.state is ACTIVE:
+            self._begin_teardown(
+                now,
+                Input.HANDLER_RETURNED,
+                TerminationCause.APPLICATION_CLOSE,
+                CloseCode.NORMAL_CLOSURE,
+                "",
+                drift=True,
+            )
+        else:
+            next_state(self.state, Input.HANDLER_RETURNED)  # raises in OPEN
+
+    def pause_reading(self, now: float) -> None:
+        """The handler is behind and the driver stops reading the socket.
+
+        Only while ACTIVE (a closing connection must read the peer's close
+        frame). Meanwhile pongs may sit unread, so no probe counts as missed;
+        a pause that lasts ``max_missed_pongs`` + 1 heartbeat slots closes the
+        connection with 1013 (``handler_stalled``)."""
+        state = self.state
+        next_state(state, Input.READING_PAUSED)  # raises in OPEN
+        if state is ACTIVE:
+            self._reading_paused = True
+
+    def resume_reading(self, now: float) -> None:
+        """The handler caught up: the driver reads the socket again."""
+        next_state(self.state, Input.READING_RESUMED)  # raises in OPEN
+        self._reading_paused = False
 
     def drain(self, now: float) -> None:
         """The server is shutting down: refuse a pending upgrade with 503, or
@@ -422,32 +454,34 @@ class ConnectionLifecycle:
         write-buffer guard, then the close frame.
         """
         next_state(self.state, Input.CHANNELS_RELEASED)
-        if self.state is not DRAINING or not self._awaiting_release:
+        if not self._releasing():
             return
-        self._awaiting_release = False
+        plan = self._close_plan
+        assert plan is not None  # made with the first closing step
         scheduler = self._scheduler
         client_seq = self.client_seq
         if (
-            self._drift_notice
+            plan.drift_notice
             and client_seq is not None
             and client_seq != self.seq
             and buffered < scheduler.config.write_buffer_guard
         ):
             scheduler.metrics.state_drift_notices += 1
             self._actions.append(SendStateDrift(self.seq, client_seq))
-        self._send_close()
+        self._send_close(plan)
+        self._closing(Input.CHANNELS_RELEASED)
 
     def channel_release_failed(self, now: float, error: str) -> None:
         """Releasing channels raised: the close goes out with 1011 instead."""
         next_state(self.state, Input.RELEASE_FAILED)
-        if self.state is not DRAINING or not self._awaiting_release:
+        if not self._releasing():
             return
-        self._awaiting_release = False
         self.cause = TerminationCause.TEARDOWN_ERROR
-        self._close_code = int(CloseCode.INTERNAL_ERROR)
-        self._close_reason = "server error during teardown"
         self._actions.append(Alert(AlertKind.TEARDOWN_FAILED, self.id, 0.0, error))
-        self._send_close()
+        self._send_close(
+            _ClosePlan(int(CloseCode.INTERNAL_ERROR), "server error during teardown", False)
+        )
+        self._closing(Input.RELEASE_FAILED)
 
     def terminate(self, now: float, cause: TerminationCause) -> None:
         """Drop the connection at once (RST, no close frame), releasing channels first."""
@@ -498,7 +532,7 @@ class ConnectionLifecycle:
         interval = config.heartbeat_interval
         slot = self.deadline
         assert slot is not None
-        if self.reading_paused:
+        if self._reading_paused:
             # The handler is not taking messages, so the peer cannot be judged;
             # but a handler stuck for as long as a silent peer would be allowed
             # must not hold the connection forever. (A loop stall counts nothing.)
@@ -522,7 +556,7 @@ class ConnectionLifecycle:
             last_probe_at=self._last_probe_at,
             interval=interval,
             max_missed=config.max_missed_pongs,
-            stalled=stalled or self.reading_paused,
+            stalled=stalled or self._reading_paused,
             active_since_due=self._active_since_due,
         )
         if decision is Decision.PROBE:
@@ -608,6 +642,12 @@ class ConnectionLifecycle:
                 self.fail(now, cause, code, reason)
             case ev.HandlerFailed(now, error):
                 self.handler_failed(now, error)
+            case ev.HandlerReturned(now):
+                self.handler_returned(now)
+            case ev.ReadingPaused(now):
+                self.pause_reading(now)
+            case ev.ReadingResumed(now):
+                self.resume_reading(now)
             case ev.ChannelsReleased(now, buffered):
                 self.channels_released(now, buffered=buffered)
             case ev.ChannelReleaseFailed(now, error):
@@ -634,6 +674,8 @@ class ConnectionLifecycle:
         assert state is not previous  # self-transitions never come through here
         if cause is not None and self.cause is None:
             self.cause = cause
+        if previous is ACTIVE:
+            self._reading_paused = False  # a closing connection reads the peer's close
         self.state = state
         counts = self._scheduler.metrics.connections
         counts[previous] -= 1
@@ -651,32 +693,38 @@ class ConnectionLifecycle:
         *,
         drift: bool,
     ) -> None:
-        """ACTIVE → DRAINING; release channels; the rest follows their release."""
+        """ACTIVE → DRAINING (step RELEASING); release channels; the rest
+        follows their release."""
         self._move(input_, cause)
-        self._close_code = int(code)
-        self._close_reason = reason
-        self._drift_notice = drift and code not in _NO_DRIFT_NOTICE
-        self._awaiting_release = True
+        self.closing_step = ClosingStep.RELEASING
+        self._close_plan = _ClosePlan(int(code), reason, drift and code not in _NO_DRIFT_NOTICE)
         channels = self._channels
         self._channels = None
         self._actions.append(ReleaseChannels(tuple(sorted(channels)) if channels else ()))
-        self._set_deadline(self._scheduler._close_deadline(now))
+        self._set_deadline(self._scheduler.close_deadline(now))
 
-    def _send_close(self) -> None:
-        code = self._close_code
+    def _releasing(self) -> bool:
+        """DRAINING, with the release of channels still to be acknowledged."""
+        step = self.closing_step
+        return step is ClosingStep.RELEASING or step is ClosingStep.RELEASING_PEER_CLOSED
+
+    def _closing(self, input_: Input) -> None:
+        """Take DRAINING's step for ``input_``; both close frames crossed: CLOSED."""
+        step = self.closing_step
+        assert step is not None  # only DRAINING connections get here
+        step = self.closing_step = next_closing_step(step, input_)
+        if step is ClosingStep.COMPLETE:
+            # The server closes TCP first (RFC 6455 §7.1.1).
+            self._move(Input.CLOSE_COMPLETE, None)
+            self._actions.append(CloseTransport())
+            self._closed()
+
+    def _send_close(self, plan: _ClosePlan) -> None:
+        code = plan.code
         if not is_sendable(code):  # pragma: no cover - every caller validated it
             raise InvalidCloseCode(f"refusing to send close code {code}")
-        self._close_sent = True
         self._scheduler.metrics.close_codes_sent[code] += 1
-        self._actions.append(SendClose(code, self._close_reason))
-        if self._peer_closed:
-            self._complete_close()
-
-    def _complete_close(self) -> None:
-        """Both close frames have crossed: the server closes TCP first."""
-        self._move(Input.CLOSE_COMPLETE, None)
-        self._actions.append(CloseTransport())
-        self._closed()
+        self._actions.append(SendClose(code, plan.reason))
 
     def _terminate(self, input_: Input, cause: TerminationCause) -> None:
         self._move(input_, cause)
@@ -695,9 +743,10 @@ class ConnectionLifecycle:
         assert self.cause is not None  # every path to CLOSED names its cause
         self._scheduler.metrics.closed_by_cause[self.cause] += 1
         self.deadline = None
-        self._awaiting_release = False
-        self._scheduler._forget(self)
+        self.closing_step = None
+        self._close_plan = None
+        self._scheduler.retire(self)
 
     def _set_deadline(self, deadline: float) -> None:
         self.deadline = deadline
-        self._scheduler._push(deadline, self)
+        self._scheduler.arm(self, deadline)

@@ -1,4 +1,4 @@
-"""The origin policy: may this upgrade request proceed? (DESIGN §6)
+"""The origin policy: may this upgrade request proceed? (docs/limits.md)
 
 A browser always sends ``Origin``; a page on another site can open a WebSocket
 to us with the user's cookies (cross-site WebSocket hijacking), so the Origin

@@ -1,8 +1,15 @@
 """One timer for every connection: ``Scheduler``.
 
 A driver arms ONE timer for :meth:`Scheduler.next_wakeup` and calls
-:meth:`Scheduler.tick` when it fires (DESIGN §3). Each connection has exactly
-one deadline at a time (handshake, next heartbeat, or close).
+:meth:`Scheduler.tick` when it fires. Each connection has exactly one
+deadline at a time (handshake, next heartbeat, or close).
+
+The lifecycle and the scheduler talk through a small public interface: a
+lifecycle files its deadline with :meth:`~Scheduler.arm`, leaves with
+:meth:`~Scheduler.retire` once CLOSED, and asks for its handshake, first
+heartbeat and close deadlines; the scheduler reads its ``deadline`` and
+calls its ``handle_timer``. Which cell a connection sits in is the
+scheduler's own bookkeeping.
 
 Timer slack: deadlines are rounded up to a grid of ``timer_slack`` seconds
 (default ``min(interval / 20, 50 ms)``) and kept by grid cell: a dict from
@@ -18,16 +25,16 @@ distinct wake-up times. So:
 * a pong or a message touches no timer at all (the heartbeat counts, it does
   not re-arm).
 
-A changed deadline leaves the old cell's entry behind: each connection
-remembers its current cell, each cell counts its live entries, a cell with
-none is dropped when it surfaces, and the cells are rebuilt when stale
-entries outnumber the live ones.
+A changed deadline leaves the old cell's entry behind: the scheduler
+remembers each connection's current cell, each cell counts its live
+entries, a cell with none is dropped when it surfaces, and the cells are
+rebuilt when stale entries outnumber the live ones.
 
 Heartbeat phases: connection k is probed at times ≡ epoch + frac(k·φ)·interval
-(mod interval), φ the golden ratio conjugate and the epoch the time of the
-scheduler's first connection. That sequence spreads any run of consecutive
+(mod interval), φ the golden ratio conjugate, k counting accepted upgrades
+and the epoch the time of the scheduler's first accepted upgrade. That sequence spreads any run of consecutive
 connections almost evenly over the interval, so a burst of 100,000 accepts
-never becomes a burst of 100,000 pings. Anchoring at the first connection
+never becomes a burst of 100,000 pings. Anchoring at the first upgrade
 (not at the clock's zero) makes runs reproducible whatever the clock reads,
 and puts no connection's first probe earlier than min frac(k·φ)·interval
 after the first accept (≈ 0.0004 × interval for the first 1,000
@@ -93,9 +100,10 @@ class Scheduler:
         self.changes = 0
         self._phases = 0
         self._epoch: float | None = None
-        # A dict, not a set: iteration (drain order) follows arrival order,
-        # so the same inputs give the same actions.
-        self._live: dict[ConnectionLifecycle, None] = {}
+        # Every connection not yet CLOSED → the wake-up time of the cell
+        # holding its current deadline. A dict: iteration (drain order)
+        # follows arrival order, so the same inputs give the same actions.
+        self._live: dict[ConnectionLifecycle, float | None] = {}
         self._alerts: list[Alert] = []
         self._drain_deadline: float | None = None
 
@@ -105,10 +113,8 @@ class Scheduler:
         """A TCP connection was accepted: a new lifecycle in OPEN, with its
         handshake deadline armed. (While draining it is still opened, and its
         upgrade request is refused with 503.)"""
-        lifecycle = ConnectionLifecycle(self, self.entropy.connection_id(), now)
-        self._live[lifecycle] = None
         self.metrics.connections[State.OPEN] += 1
-        return lifecycle
+        return ConnectionLifecycle(self, self.entropy.connection_id(), now)
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of any connection, exactly (None: nothing
@@ -116,11 +122,11 @@ class Scheduler:
         wakeup = self.next_wakeup()
         if wakeup is None:
             return None
-        members = self._cells[wakeup].members
+        live = self._live
         return min(
             lifecycle.deadline
-            for lifecycle in members
-            if lifecycle._cell == wakeup and lifecycle.deadline is not None
+            for lifecycle in self._cells[wakeup].members
+            if live.get(lifecycle) == wakeup and lifecycle.deadline is not None
         )
 
     def next_wakeup(self) -> float | None:
@@ -150,7 +156,7 @@ class Scheduler:
         Returns those connections (they may have actions to take). If the
         tick came later than the stall threshold after the wake-up time of
         the earliest of them, the server was blocked: a ``loop_stall`` alert
-        is queued and this tick blames no peer (DESIGN §4).
+        is queued and this tick blames no peer (docs/theory.md).
         """
         first = self.next_wakeup()
         if first is None or (first > now and first - self._slack >= now):
@@ -158,7 +164,7 @@ class Scheduler:
         lag = max(0.0, now - first)
         stalled = lag > self._stall_threshold
         ran: list[ConnectionLifecycle] = []
-        times, cells = self._times, self._cells
+        times, cells, live = self._times, self._cells, self._live
         budget = limit if limit is not None else -1
         while times and times[0] <= now and budget:
             wakeup = times[0]
@@ -174,8 +180,8 @@ class Scheduler:
                 self._entries -= len(members)
             for lifecycle in members:
                 budget -= 1
-                if lifecycle._cell == wakeup:  # else stale: it moved on
-                    lifecycle._cell = None
+                if live.get(lifecycle) == wakeup:  # else stale: it moved on or closed
+                    live[lifecycle] = None
                     cell.alive -= 1
                     lifecycle.handle_timer(now, stalled=stalled)
                     ran.append(lifecycle)
@@ -186,8 +192,8 @@ class Scheduler:
             cell = cells[wakeup]
             for lifecycle in list(cell.members):
                 deadline = lifecycle.deadline
-                if lifecycle._cell == wakeup and deadline is not None and deadline <= now:
-                    lifecycle._cell = None
+                if live.get(lifecycle) == wakeup and deadline is not None and deadline <= now:
+                    live[lifecycle] = None
                     cell.alive -= 1
                     lifecycle.handle_timer(now, stalled=stalled)
                     ran.append(lifecycle)
@@ -249,7 +255,7 @@ class Scheduler:
 
     # ------------------------------------------------- used by ConnectionLifecycle
 
-    def _first_heartbeat_slot(self, now: float) -> float:
+    def first_heartbeat_slot(self, now: float) -> float:
         """The first probe time after ``now`` at this connection's own phase."""
         interval = self.config.heartbeat_interval
         if self._epoch is None:
@@ -259,21 +265,23 @@ class Scheduler:
         delay = (phase - now) % interval
         return now + (delay if delay > 0 else interval)
 
-    def _handshake_deadline(self, now: float) -> float:
+    def handshake_deadline(self, now: float) -> float:
+        """A new connection's handshake deadline (never past a drain's)."""
         deadline = now + self.config.handshake_timeout
         drain = self._drain_deadline
         return deadline if drain is None or drain > deadline else drain
 
-    def _close_deadline(self, now: float) -> float:
+    def close_deadline(self, now: float) -> float:
+        """A closing connection's deadline (never past a drain's)."""
         deadline = now + self.config.close_timeout
         drain = self._drain_deadline
         return deadline if drain is None or drain > deadline else drain
 
-    def _push(self, deadline: float, lifecycle: ConnectionLifecycle) -> None:
+    def arm(self, lifecycle: ConnectionLifecycle, deadline: float) -> None:
         """``lifecycle``'s deadline is now ``deadline``: file it in its cell."""
         self.changes += 1
         cells = self._cells
-        old = lifecycle._cell
+        old = self._live.get(lifecycle)
         if old is not None:
             cells[old].alive -= 1
         wakeup = self._wakeup(deadline)
@@ -283,25 +291,24 @@ class Scheduler:
             heapq.heappush(self._times, wakeup)
         cell.members.append(lifecycle)
         cell.alive += 1
-        lifecycle._cell = wakeup
+        self._live[lifecycle] = wakeup
         self._entries += 1
         if self._entries > 2 * len(self._live) + 64:
             self._compact()
 
-    def _forget(self, lifecycle: ConnectionLifecycle) -> None:
+    def retire(self, lifecycle: ConnectionLifecycle) -> None:
         """``lifecycle`` reached CLOSED: it has no deadline any more."""
-        old = lifecycle._cell
+        old = self._live.pop(lifecycle, None)
         if old is not None:
             self._cells[old].alive -= 1
-            lifecycle._cell = None
-        self._live.pop(lifecycle, None)
 
     def _compact(self) -> None:
         """Drop stale entries (O(n), amortised over the pushes that made them)."""
         cells: dict[float, _Cell] = {}
         entries = 0
+        live = self._live
         for wakeup, cell in self._cells.items():
-            members = [lifecycle for lifecycle in cell.members if lifecycle._cell == wakeup]
+            members = [lifecycle for lifecycle in cell.members if live.get(lifecycle) == wakeup]
             if members:
                 cells[wakeup] = fresh = _Cell()
                 fresh.members = members

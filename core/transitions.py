@@ -16,13 +16,18 @@ A server-side connection lives through four states, only ever forwards::
 * **ACTIVE**: messages flow. The only timer is the next heartbeat. Each
   heartbeat either probes (ping, JSON heartbeat) or, after ``max_missed_pongs``
   unanswered probes, terminates (→ CLOSED). The rule is in ``heartbeat.py``.
-* **DRAINING**: teardown has begun and runs in one order (DESIGN §5):
-  channels are released (the driver acknowledges), a STATE_DRIFT notice may go
-  out, then the close frame. It ends when both close frames have crossed
-  (→ CLOSED) or at the close deadline (terminate, → CLOSED). Sends and new
-  channels are refused here, so nothing is fanned out to a closing socket.
+* **DRAINING**: teardown has begun and runs in one order: channels are
+  released (the driver acknowledges), a STATE_DRIFT notice may go out, then
+  the close frame. It ends when both close frames have crossed (→ CLOSED) or
+  at the close deadline (terminate, → CLOSED). Sends and new channels are
+  refused here, so nothing is fanned out to a closing socket. Its own steps
+  are a small machine of their own, :data:`CLOSING_STEPS` below.
 * **CLOSED**: terminal. Every later input is ignored (a late pong, bytes that
   were already in flight) and nothing is emitted; sends raise.
+
+Reading from the socket may pause only while ACTIVE (the handler is behind:
+READING_PAUSED / READING_RESUMED); leaving ACTIVE resumes it, so a closing
+connection always reads the peer's close frame.
 
 Each state has exactly one deadline, so a connection is one entry in the
 scheduler's heap. The table below is the whole truth about which input is
@@ -38,7 +43,15 @@ import enum
 
 from .exceptions import InvalidTransition
 
-__all__ = ["TRANSITIONS", "Input", "State", "next_state"]
+__all__ = [
+    "CLOSING_STEPS",
+    "TRANSITIONS",
+    "ClosingStep",
+    "Input",
+    "State",
+    "next_closing_step",
+    "next_state",
+]
 
 
 class State(enum.Enum):
@@ -82,6 +95,9 @@ class Input(enum.Enum):
     CLOSE_COMPLETE = "close_complete"
     CLOSE_TIMEOUT = "close_timeout"
     HANDLER_ERROR = "handler_error"
+    HANDLER_RETURNED = "handler_returned"
+    READING_PAUSED = "reading_paused"
+    READING_RESUMED = "reading_resumed"
     PROTOCOL_ERROR = "protocol_error"
     DRAIN = "drain"
     TERMINATE = "terminate"
@@ -113,6 +129,9 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     (ACTIVE, Input.CLOSE): DRAINING,
     (ACTIVE, Input.PEER_CLOSE): DRAINING,
     (ACTIVE, Input.HANDLER_ERROR): DRAINING,  # close 1011
+    (ACTIVE, Input.HANDLER_RETURNED): DRAINING,  # close 1000
+    (ACTIVE, Input.READING_PAUSED): ACTIVE,  # the handler is behind: unread pongs blame nobody
+    (ACTIVE, Input.READING_RESUMED): ACTIVE,
     (ACTIVE, Input.PROTOCOL_ERROR): DRAINING,  # close 1002 / 1007 / 1009
     (ACTIVE, Input.DRAIN): DRAINING,  # close 1001
     (ACTIVE, Input.TERMINATE): CLOSED,
@@ -130,6 +149,9 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     (DRAINING, Input.CLOSE_COMPLETE): CLOSED,
     (DRAINING, Input.CLOSE_TIMEOUT): CLOSED,  # terminate
     (DRAINING, Input.HANDLER_ERROR): DRAINING,  # already closing: nothing to add
+    (DRAINING, Input.HANDLER_RETURNED): DRAINING,
+    (DRAINING, Input.READING_PAUSED): DRAINING,  # no: the peer's close frame must be read
+    (DRAINING, Input.READING_RESUMED): DRAINING,
     (DRAINING, Input.PROTOCOL_ERROR): CLOSED,  # misbehaving while closing: terminate
     (DRAINING, Input.DRAIN): DRAINING,
     (DRAINING, Input.TERMINATE): CLOSED,
@@ -145,6 +167,9 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     (CLOSED, Input.CHANNELS_RELEASED): CLOSED,
     (CLOSED, Input.RELEASE_FAILED): CLOSED,
     (CLOSED, Input.HANDLER_ERROR): CLOSED,
+    (CLOSED, Input.HANDLER_RETURNED): CLOSED,
+    (CLOSED, Input.READING_PAUSED): CLOSED,
+    (CLOSED, Input.READING_RESUMED): CLOSED,
     (CLOSED, Input.PROTOCOL_ERROR): CLOSED,
     (CLOSED, Input.DRAIN): CLOSED,
     (CLOSED, Input.TERMINATE): CLOSED,
@@ -158,3 +183,48 @@ def next_state(state: State, input_: Input) -> State:
         return TRANSITIONS[state, input_]
     except KeyError:
         raise InvalidTransition(state, input_) from None
+
+
+class ClosingStep(enum.Enum):
+    """Where a DRAINING connection is in its teardown, in order:
+
+    RELEASING (channels being released; nothing sent yet) → a STATE_DRIFT
+    notice, if due → CLOSE_SENT (our close frame is out; the peer's is
+    awaited) → COMPLETE (both close frames crossed: CLOSED, the server
+    closing TCP first, RFC 6455 §7.1.1). A peer whose close frame arrives
+    while we are still RELEASING is in RELEASING_PEER_CLOSED: once the
+    channels are released, our close frame (the echo) completes it.
+    """
+
+    RELEASING = "releasing"
+    RELEASING_PEER_CLOSED = "releasing_peer_closed"
+    CLOSE_SENT = "close_sent"
+    COMPLETE = "complete"
+
+
+RELEASING, RELEASING_PEER_CLOSED = ClosingStep.RELEASING, ClosingStep.RELEASING_PEER_CLOSED
+CLOSE_SENT, COMPLETE = ClosingStep.CLOSE_SENT, ClosingStep.COMPLETE
+
+#: (closing step, input) → next step, for the inputs that move DRAINING
+#: along. Releasing (acknowledged or failed) sends our close frame; a
+#: release acknowledged twice, or a second close frame, changes nothing.
+CLOSING_STEPS: dict[tuple[ClosingStep, Input], ClosingStep] = {
+    (RELEASING, Input.CHANNELS_RELEASED): CLOSE_SENT,
+    (RELEASING, Input.RELEASE_FAILED): CLOSE_SENT,  # the close carries 1011 instead
+    (RELEASING, Input.PEER_CLOSE): RELEASING_PEER_CLOSED,
+    (RELEASING_PEER_CLOSED, Input.CHANNELS_RELEASED): COMPLETE,
+    (RELEASING_PEER_CLOSED, Input.RELEASE_FAILED): COMPLETE,
+    (RELEASING_PEER_CLOSED, Input.PEER_CLOSE): RELEASING_PEER_CLOSED,
+    (CLOSE_SENT, Input.PEER_CLOSE): COMPLETE,
+    (CLOSE_SENT, Input.CHANNELS_RELEASED): CLOSE_SENT,
+    (CLOSE_SENT, Input.RELEASE_FAILED): CLOSE_SENT,
+}
+
+
+def next_closing_step(step: ClosingStep, input_: Input) -> ClosingStep:
+    """Where ``input_`` leads a DRAINING connection at ``step``; raises if
+    the table has no entry (COMPLETE has none: the connection is CLOSED)."""
+    try:
+        return CLOSING_STEPS[step, input_]
+    except KeyError:
+        raise InvalidTransition(step, input_) from None

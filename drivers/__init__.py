@@ -2,5 +2,5 @@
 
 Each driver only reads bytes, feeds them with ``now``, writes what comes out,
 delivers messages to the application and arms ONE timer for the earliest
-deadline of all its connections (DESIGN §2). Everything else is in the core.
+deadline of all its connections (docs/theory.md). Everything else is in the core.
 """

@@ -1,46 +1,61 @@
-"""What every driver does the same way that is not sans-IO: real entropy,
-log lines, the Prometheus exposition, and the event dispatch table.
+"""What every driver does the same way that is not sans-IO.
 
-Drivers differ only in how bytes move and handlers run; each one reads a
-wire's output with :func:`drain_wire` and supplies the four transport
-operations (write, close, abort, deliver).
+* :func:`driver_hub`: the hub with real entropy, the Prometheus exposition
+  and C unmasking when installed;
+* :func:`carry_out`: a wire's output turned into the transport operations a
+  driver supplies (:class:`TransportOps`), with one log line per event;
+* :class:`ConnectionBase`: what a handler sees, built on the wire alone
+  (the coroutine drivers' part is ``_coroutine.py``);
+* :class:`ServerBase`: publish, drain and the timer callback, built on the
+  hub alone;
+* :func:`reset_socket`: SO_LINGER 0, so a close is an RST.
+
+A driver supplies how bytes move (its transport), how handlers run (tasks or
+threads), what ``now`` is and how a wire's output reaches its socket
+(``flush``). Every decision is the core's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import secrets
+import socket
+import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
-from wslifecycle import Config, Entropy, MetricsSnapshot
+from wslifecycle import Config, Entropy, MetricsSnapshot, State
 from wslifecycle.actions import (
     AcceptUpgrade,
     Alert,
     CloseTransport,
-    DeliverMessage,
     RejectUpgrade,
     StateChanged,
     Terminate,
 )
 from wslifecycle.broker import Broker
 from wslifecycle.hub import Hub
-from wslifecycle.transitions import State
+from wslifecycle.relay import handle_relay_message, publish
 from wslifecycle.wire import HttpReply, ServerConnection, UpgradeRequest
 from wslifecycle.wire.mask import Unmask
 
 __all__ = [
     "TICK_BATCH",
     "ConnectionBase",
+    "DriverServer",
+    "HubOptions",
+    "ServerBase",
     "TransportOps",
+    "carry_out",
     "default_entropy",
-    "drain_wire",
     "driver_hub",
     "fast_unmask",
     "log",
     "prometheus_exporter",
+    "reset_socket",
 ]
 
 log = logging.getLogger("wslifecycle")
@@ -50,45 +65,30 @@ log = logging.getLogger("wslifecycle")
 #: it, the rest run on the next turn (their wake-up is still due).
 TICK_BATCH = 256
 
-
-class ConnectionBase:
-    """What every driver's connection shows a handler, read from its wire."""
-
-    __slots__ = ("wire",)
-
-    wire: ServerConnection
-
-    @property
-    def id(self) -> str:
-        return self.wire.lifecycle.id
-
-    @property
-    def state(self) -> State:
-        return self.wire.lifecycle.state
-
-    @property
-    def latency(self) -> float | None:
-        """The last pong's round-trip time in seconds (None before the first)."""
-        return self.wire.lifecycle.latency
-
-    @property
-    def request(self) -> UpgradeRequest | None:
-        """The upgrade request: ``request.request.path``, headers, origin."""
-        return self.wire.request
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.id} {self.state.value}>"
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
-def driver_hub(
-    config: Config, entropy: Entropy | None, broker: Broker[ServerConnection] | None
-) -> Hub:
-    """The hub every driver runs: OS entropy unless given, the Prometheus
-    exposition when installed, and C unmasking when installed."""
+# ------------------------------------------------------------------- the hub
+
+
+class HubOptions(TypedDict, total=False):
+    """What every driver's ``serve`` takes besides its own options."""
+
+    #: Every setting (default: ``Config()``).
+    config: Config | None
+    #: Connection ids and probe payloads (default: the OS CSPRNG).
+    entropy: Entropy | None
+    #: Channel membership (default: one process, in memory).
+    broker: Broker[ServerConnection] | None
+
+
+def driver_hub(**options: Unpack[HubOptions]) -> Hub:
+    """The hub a driver's ``serve`` runs: the options given, OS entropy
+    unless given, the Prometheus exposition and C unmasking when installed."""
     return Hub(
-        config,
-        entropy or default_entropy(),
-        broker=broker,
+        options.get("config") or Config(),
+        options.get("entropy") or default_entropy(),
+        broker=options.get("broker"),
         metrics_exporter=prometheus_exporter(),
         unmask=fast_unmask(),
     )
@@ -115,50 +115,81 @@ def default_entropy() -> Entropy:
     return Entropy(connection_id=lambda: secrets.token_hex(8), probe_payload=probe_payload)
 
 
+def prometheus_exporter() -> Callable[[MetricsSnapshot], HttpReply]:
+    """``/metrics`` in the Prometheus text format through ``prometheus-client``,
+    or, without it, an answer that says how to install it."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+
+        def missing(snapshot: MetricsSnapshot) -> HttpReply:
+            return (
+                501,
+                "text/plain; charset=utf-8",
+                b"/metrics needs prometheus-client: pip install 'wslifecycle[prometheus]'\n",
+            )
+
+        return missing
+    from ._prometheus import render
+
+    return render
+
+
+# ------------------------------------------------------------ a wire's output
+
+
 class TransportOps(Protocol):
-    """What a driver does with a wire's output: bytes, and five events."""
+    """What a driver does with one wire's output."""
 
-    def write(self, data: bytes) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-    def accepted(self) -> None: ...
-    def deliver(self, data: str | bytes) -> None: ...
-    def resume_reading(self) -> None: ...
-    def closed(self) -> None: ...
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the socket."""
+
+    def close(self) -> None:
+        """Close the socket (FIN) once what is queued is written."""
+
+    def abort(self) -> None:
+        """Drop the socket now (RST); forget what is queued."""
+
+    def accepted(self) -> None:
+        """The upgrade is done: start the handler if it runs per connection."""
+
+    def messages_waiting(self) -> None:
+        """The wire holds messages for the handler: wake it (or start it)."""
+
+    def sync_reading(self, paused: bool) -> None:
+        """Stop (``paused``) or restart reading the socket, if it changed."""
+
+    def closed(self) -> None:
+        """The connection reached CLOSED: wake whoever waits for that."""
 
 
-def drain_wire(wire: ServerConnection, ops: TransportOps) -> None:
-    """Write a wire's bytes, then act on its events in order."""
+def carry_out(wire: ServerConnection, ops: TransportOps) -> None:
+    """Write a wire's bytes, act on its actions in order, then wake the
+    handler and keep reading in step with the wire."""
     data = wire.data_to_send()
     if data:
         ops.write(data)
-    for event in wire.take_events():
-        if isinstance(event, DeliverMessage):
-            ops.deliver(event.data)
-        elif isinstance(event, StateChanged):
-            log_transition(event)
-            if event.previous is State.ACTIVE:
-                # Reading may pause only while ACTIVE: a closing connection
-                # must read the peer's close frame.
-                ops.resume_reading()
-            if event.current is State.CLOSED:
+    for action in wire.take_actions():
+        if isinstance(action, StateChanged):
+            log_transition(action)
+            if action.current is State.CLOSED:
                 ops.closed()
-        elif isinstance(event, AcceptUpgrade):
+        elif isinstance(action, AcceptUpgrade):
             ops.accepted()
-        elif isinstance(event, CloseTransport):
+        elif isinstance(action, CloseTransport):
             ops.close()
-        elif isinstance(event, Terminate):
-            log.info("terminated connection=%s cause=%s", wire.lifecycle.id, event.cause.value)
+        elif isinstance(action, Terminate):
+            log.info("terminated connection=%s cause=%s", wire.id, action.cause.value)
             ops.abort()
-        elif isinstance(event, RejectUpgrade):
+        elif isinstance(action, RejectUpgrade):
             log.info(
-                "refused connection=%s status=%d reason=%r",
-                wire.lifecycle.id,
-                event.status,
-                event.reason,
+                "refused connection=%s status=%d reason=%r", wire.id, action.status, action.reason
             )
-        elif isinstance(event, Alert):
-            log_alert(event)
+        elif isinstance(action, Alert):
+            log_alert(action)
+    if wire.messages_waiting:
+        ops.messages_waiting()
+    ops.sync_reading(wire.reading_paused)
 
 
 def log_transition(event: StateChanged) -> None:
@@ -183,21 +214,157 @@ def log_alert(alert: Alert) -> None:
     )
 
 
-def prometheus_exporter() -> Callable[[MetricsSnapshot], HttpReply]:
-    """``/metrics`` in the Prometheus text format through ``prometheus-client``,
-    or, without it, an answer that says how to install it."""
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
+class _Socket(Protocol):
+    """A socket (the standard library's, or Trio's wrapper of one)."""
 
-        def missing(snapshot: MetricsSnapshot) -> HttpReply:
-            return (
-                501,
-                "text/plain; charset=utf-8",
-                b"/metrics needs prometheus-client: pip install 'wslifecycle[prometheus]'\n",
-            )
+    def fileno(self) -> int: ...
+    def setsockopt(self, level: int, option: int, value: bytes, /) -> None: ...
 
-        return missing
-    from ._prometheus import render
 
-    return render
+def reset_socket(sock: _Socket | None) -> None:
+    """Make the next close of ``sock`` an RST, not a FIN (SO_LINGER 0)."""
+    if sock is not None and sock.fileno() >= 0:
+        with contextlib.suppress(OSError):  # already reset by the peer
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+
+
+# ------------------------------------------------------------------ servers
+
+
+class DriverServer(Protocol):
+    """What a connection needs of its server."""
+
+    hub: Hub
+
+    def now(self) -> float:
+        """The driver's clock (monotonic seconds)."""
+
+    def flush(self, wire: ServerConnection) -> None:
+        """``wire`` may have output: see that it reaches its socket."""
+
+    def publish(self, channel: str, data: object) -> int:
+        """Relay-format ``data`` to every member of ``channel``."""
+
+
+class ServerBase:
+    """Publish, drain and the timer callback: the same on every driver."""
+
+    hub: Hub
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def flush(self, wire: ServerConnection) -> None:
+        raise NotImplementedError
+
+    def _reset(self, wire: ServerConnection) -> None:
+        """Drop ``wire``'s socket now (RST), if it is still open."""
+        raise NotImplementedError
+
+    def publish(self, channel: str, data: object) -> int:
+        """Relay-format ``data`` to every member of ``channel``; how many got it."""
+        receivers = publish(self.hub, channel, data, self.now())
+        for wire in receivers:
+            self.flush(wire)
+        return len(receivers)
+
+    def _drain_hub(self) -> None:
+        """SIGTERM: handshakes get 503, connections close with 1001, and what
+        is left at the drain deadline is terminated."""
+        hub = self.hub
+        log.info("drain begins connections=%d", len(hub.connections))
+        for wire in hub.begin_drain(self.now()):
+            self.flush(wire)
+
+    def _stop_hub(self) -> None:
+        """The server stops undrained: what is still open is terminated."""
+        for wire in self.hub.stop(self.now()):
+            self.flush(wire)
+
+    def _run_timer(self) -> None:
+        """The one timer fired: heartbeats, timeouts, bounded closes, alerts."""
+        work = self.hub.handle_timer(self.now(), TICK_BATCH)
+        for wire in work.flush:
+            self.flush(wire)
+        for wire in work.reset:
+            self._reset(wire)
+        for alert in work.alerts:
+            log_alert(alert)
+
+
+# -------------------------------------------------------------- connections
+
+
+class ConnectionBase:
+    """A WebSocket connection as a handler sees it, on any driver.
+
+    ``send`` never blocks: above the write-buffer guard a non-critical send is
+    skipped and returns None. Once the connection is closing, ``send`` and
+    ``subscribe`` raise :class:`~wslifecycle.ConnectionClosed`.
+    """
+
+    __slots__ = ("_server", "wire")
+
+    def __init__(self, server: DriverServer, wire: ServerConnection) -> None:
+        self._server = server
+        self.wire = wire
+
+    @property
+    def id(self) -> str:
+        return self.wire.id
+
+    @property
+    def state(self) -> State:
+        return self.wire.state
+
+    @property
+    def latency(self) -> float | None:
+        """The last pong's round-trip time in seconds (None before the first)."""
+        return self.wire.latency
+
+    @property
+    def request(self) -> UpgradeRequest | None:
+        """The upgrade request: ``path``, ``header(name)``, ``origin``,
+        ``subprotocols`` (and the whole head as ``request.request``)."""
+        return self.wire.request
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The negotiated subprotocol, if any."""
+        return self.wire.subprotocol
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.state.value}>"
+
+    def send(self, data: str | bytes, *, critical: bool = False) -> int | None:
+        """Send a message; its sequence number, or None if skipped (slow peer)."""
+        server = self._server
+        seq = self.wire.send(data, server.now(), critical=critical)
+        server.flush(self.wire)
+        return seq
+
+    def subscribe(self, channel: str) -> None:
+        self._server.hub.subscribe(self.wire, channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self._server.hub.unsubscribe(self.wire, channel)
+
+    def publish(self, channel: str, data: object) -> int:
+        """Relay-format ``data`` to every member of ``channel``; how many got it."""
+        return self._server.publish(channel, data)
+
+    def relay(self, message: str | bytes) -> None:
+        """Answer one message with the JSON relay protocol (``wslifecycle.relay``)."""
+        server = self._server
+        for wire in handle_relay_message(server.hub, self.wire, message, server.now()):
+            server.flush(wire)
+        server.flush(self.wire)
+
+    def _take(self) -> str | bytes | None:
+        """The next queued message (None: none). Taking one may resume reading."""
+        wire = self.wire
+        paused = wire.reading_paused
+        message = wire.take_message(self._server.now())
+        if paused and not wire.reading_paused:
+            self._server.flush(wire)  # the socket is read again
+        return message

@@ -1,10 +1,10 @@
 """The asyncio driver: protocol callbacks around the sans-IO hub.
 
-Per socket: ``data_received`` → ``wire.receive_data(data, now)`` → write
-``data_to_send()`` → act on the events. For all sockets: ONE ``loop.call_at``
-timer for the hub's earliest deadline, re-armed only when that deadline moves
-earlier (a new connection, a close) — never per message, never per
-connection. Handlers are tasks, one per accepted connection:
+Per socket: ``buffer_updated`` → ``wire.receive_data(data, now)`` → write
+``data_to_send()`` → act on the actions. For all sockets: ONE ``loop.call_at``
+timer for the hub's next wake-up, re-armed only when that moves earlier (a
+new connection, a close) — never per message, never per connection.
+Handlers are tasks, one per accepted connection:
 
     async def handler(conn: Connection) -> None:
         async for message in conn:
@@ -18,142 +18,50 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Unpack, cast
 
-from wslifecycle import Config, ConnectionClosed, Entropy, State
-from wslifecycle.broker import Broker
-from wslifecycle.relay import handle_relay_message, publish
+from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
 
-from ._common import (
-    TICK_BATCH,
-    ConnectionBase,
-    drain_wire,
-    driver_hub,
-    log,
-    log_alert,
-)
+from ._common import HubOptions, ServerBase, carry_out, driver_hub, reset_socket
+from ._coroutine import AsyncConnection, echo_handler, relay_handler, run_handler
 
-__all__ = ["Connection", "Handler", "Server", "serve"]
+__all__ = ["Connection", "Handler", "Server", "echo_handler", "relay_handler", "serve"]
 
 Handler = Callable[["Connection"], Awaitable[None]]
 
-#: Messages queued for a handler before reading from its socket pauses.
-QUEUE_HIGH_WATER = 64
-QUEUE_LOW_WATER = 16
 
+class Connection(AsyncConnection):
+    """A WebSocket connection as a handler sees it (see :class:`AsyncConnection`)."""
 
-class Connection(ConnectionBase):
-    """A WebSocket connection as a handler sees it.
-
-    ``send`` never blocks: above the write-buffer guard a non-critical send is
-    skipped and returns None. Iteration ends when the connection closes; after
-    that ``send`` raises :class:`~wslifecycle.ConnectionClosed`.
-    """
-
-    __slots__ = (
-        "_closed",
-        "_closed_waiter",
-        "_handler_task",
-        "_messages",
-        "_paused",
-        "_server",
-        "_transport",
-        "_waiter",
-    )
+    __slots__ = ("_closed", "_closed_waiter", "_waiter")
 
     def __init__(self, server: Server, wire: ServerConnection) -> None:
-        self._server = server
-        self.wire = wire
-        self._transport: asyncio.Transport | None = None
-        # Made on first use: an idle connection holds no queue and no future.
-        self._messages: deque[str | bytes] | None = None
+        super().__init__(server, wire)
+        # Made on first use: an idle connection holds no future.
         self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
         self._closed_waiter: asyncio.Future[None] | None = None
-        self._handler_task: asyncio.Task[None] | None = None
-        self._paused = False
+        self._closed = False
 
-    # ------------------------------------------------------------ handler API
-
-    def send(self, data: str | bytes, *, critical: bool = False) -> int | None:
-        """Send a message; its sequence number, or None if skipped (slow peer)."""
-        seq = self.wire.send(data, self._server.now(), critical=critical)
-        self._server.flush(self)
-        return seq
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close with ``code`` and wait until the connection is CLOSED."""
-        if self.state is not State.CLOSED:
-            self.wire.close(self._server.now(), code, reason)
-            self._server.flush(self)
-        await self.wait_closed()
+    async def _arrival(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     async def wait_closed(self) -> None:
-        """Wait until the connection is CLOSED."""
         if self._closed:
             return
         if self._closed_waiter is None:
             self._closed_waiter = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._closed_waiter)
 
-    def subscribe(self, channel: str) -> None:
-        self._server.hub.subscribe(self.wire, channel)
-
-    def unsubscribe(self, channel: str) -> None:
-        self._server.hub.unsubscribe(self.wire, channel)
-
-    def publish(self, channel: str, data: object) -> int:
-        """Relay-format ``data`` to every member of ``channel``; how many got it."""
-        return self._server.publish(channel, data)
-
-    def __aiter__(self) -> AsyncIterator[str | bytes]:
-        return self
-
-    async def __anext__(self) -> str | bytes:
-        while not self._messages:
-            if self._closed or self.state is not State.ACTIVE:
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        messages = self._messages
-        message = messages.popleft()
-        if self._paused and len(messages) <= QUEUE_LOW_WATER:
-            self._resume_reading()
-        return message
-
-    # -------------------------------------------------------------- internals
-
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    def _deliver(self, data: str | bytes) -> None:
-        messages = self._messages
-        if messages is None:
-            self._messages = messages = deque()
-        messages.append(data)
-        self._wake()
-        if not self._paused and len(messages) >= QUEUE_HIGH_WATER and self.state is State.ACTIVE:
-            # The handler is behind: stop reading. The lifecycle is told, so
-            # pongs that cannot be read meanwhile count against nobody.
-            self._paused = True
-            self.wire.lifecycle.reading_paused = True
-            if self._transport is not None:
-                self._transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        self._paused = False
-        self.wire.lifecycle.reading_paused = False
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
 
 
 #: One receive buffer for every connection: asyncio reads into it and calls
@@ -164,81 +72,74 @@ _RECEIVE = memoryview(bytearray(65536))
 
 
 class _Protocol(asyncio.BufferedProtocol):
-    """The transport side of one connection; all logic is in the wire."""
+    """The socket side of one connection, and the transport operations that
+    carry out its wire's output. All logic is in the wire."""
 
-    __slots__ = ("conn", "server", "transport")
+    __slots__ = ("conn", "paused", "server", "transport", "wire")
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.conn: Connection | None = None
         self.transport: asyncio.Transport | None = None
+        self.paused = False  # reading from the transport is paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's transports are not
         # asyncio.Transport subclasses, but have the same methods.
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        self.conn = self.server._accept(transport)
+        self.transport = cast(asyncio.Transport, transport)
+        self.wire = self.server.hub.open(self.server.now())
+        self.conn = Connection(self.server, self.wire)
+        self.server._accepted(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _RECEIVE
 
     def buffer_updated(self, nbytes: int) -> None:
-        conn = self.conn
-        assert conn is not None
-        conn.wire.receive_data(_RECEIVE[:nbytes].tobytes(), self.server.now())
-        self.server.flush(conn)
+        self.wire.receive_data(_RECEIVE[:nbytes].tobytes(), self.server.now())
+        self.server.flush(self.wire)
 
     def eof_received(self) -> bool:
-        conn = self.conn
-        assert conn is not None
-        conn.wire.receive_eof(self.server.now())
-        self.server.flush(conn)
+        self.wire.receive_eof(self.server.now())
+        self.server.flush(self.wire)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        conn = self.conn
-        if conn is None:  # pragma: no cover - connection_made always ran
-            return
-        conn.wire.receive_eof(self.server.now())
-        conn._transport = None
-        self.server.flush(conn)
-        self.server._forget(conn)
+        self.wire.transport_lost(self.server.now(), None if exc is None else repr(exc))
+        self.server.flush(self.wire)
+        self.transport = None
+        self.server._forget(self)
 
-
-class _Ops:
-    """How the driver carries out a wire's events on an asyncio transport."""
-
-    __slots__ = ("conn", "server")
-
-    def __init__(self, server: Server, conn: Connection) -> None:
-        self.server = server
-        self.conn = conn
-
+    # TransportOps
     def write(self, data: bytes) -> None:
-        transport = self.conn._transport
-        if transport is not None:
-            transport.write(data)
+        if self.transport is not None:
+            self.transport.write(data)
 
     def close(self) -> None:
-        transport = self.conn._transport
+        transport = self.transport
         if transport is not None:
             transport.close()
             if transport.get_write_buffer_size():  # a peer that stopped reading: bounded
-                self.server.hub.closing(self.conn.wire, self.server.now())
+                self.server.hub.closing(self.wire, self.server.now())
 
     def abort(self) -> None:
-        _reset(self.conn._transport)
+        transport = self.transport
+        if transport is not None:
+            reset_socket(transport.get_extra_info("socket"))
+            transport.abort()
 
     def accepted(self) -> None:
         self.server._start_handler(self.conn)
 
-    def deliver(self, data: str | bytes) -> None:
-        self.conn._deliver(data)
+    def messages_waiting(self) -> None:
+        self.conn._wake()
 
-    def resume_reading(self) -> None:
-        if self.conn._paused:
-            self.conn._resume_reading()
+    def sync_reading(self, paused: bool) -> None:
+        transport = self.transport
+        if paused is not self.paused and transport is not None and not transport.is_closing():
+            self.paused = paused
+            if paused:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     def closed(self) -> None:
         conn = self.conn
@@ -249,21 +150,14 @@ class _Ops:
         conn._wake()
 
 
-class Server:
+class Server(ServerBase):
     """A running asyncio server: the hub, the listening sockets, the timer."""
 
-    def __init__(
-        self,
-        handler: Handler,
-        config: Config,
-        *,
-        entropy: Entropy | None = None,
-        broker: Broker[ServerConnection] | None = None,
-    ) -> None:
+    def __init__(self, handler: Handler, hub: Hub) -> None:
         self._loop = asyncio.get_running_loop()
         self._handler = handler
-        self.hub = driver_hub(config, entropy, broker)
-        self._connections: dict[Connection, _Ops] = {}
+        self.hub = hub
+        self._protocols: dict[ServerConnection, _Protocol] = {}
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -294,13 +188,10 @@ class Server:
     def begin_drain(self) -> None:
         """SIGTERM: new handshakes get 503, connections close with 1001, and
         what is left at the drain deadline is terminated."""
-        if self.hub.draining:
-            return
-        log.info("drain begins connections=%d", len(self._connections))
-        for wire in self.hub.begin_drain(self.now()):
-            self.flush(wire.context)
-        self._arm()
-        self._check_drained()
+        if not self.hub.draining:
+            self._drain_hub()
+            self._arm()
+            self._check_drained()
 
     async def serve_forever(self) -> None:
         """Serve until a drain finishes, then stop listening and return."""
@@ -313,7 +204,8 @@ class Server:
         await self.serve_forever()
 
     async def aclose(self) -> None:
-        """Stop listening; cancel handlers still running; release the timer."""
+        """Stop listening; cancel handlers still running; terminate what is
+        still open (cause ``server_stopped``); release the timer."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -322,8 +214,7 @@ class Server:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for conn in list(self._connections):
-            _reset(conn._transport)
+        self._stop_hub()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -332,114 +223,69 @@ class Server:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if not self.hub.draining:
-            self.begin_drain()
+        self.begin_drain()
         await self._drained.wait()
         await self.aclose()
 
-    def publish(self, channel: str, data: object) -> int:
-        """Relay-format ``data`` to every member of ``channel``; how many got it."""
-        receivers = publish(self.hub, channel, data, self.now())
-        for wire in receivers:
-            self.flush(wire.context)
-        return len(receivers)
-
     # ---------------------------------------------------------------- events
 
-    def flush(self, conn: Connection, *, arm: bool = True) -> None:
-        """Write a wire's output and act on its events; keep the timer armed
-        (``arm=False``: the caller re-arms once, after a batch)."""
-        ops = self._connections.get(conn)
-        if ops is None:
-            return
-        wire = conn.wire
-        drain_wire(wire, ops)
-        transport = conn._transport
+    def flush(self, wire: ServerConnection) -> None:
+        """Write a wire's output and act on its actions; keep the timer armed."""
+        protocol = self._protocols.get(wire)
+        if protocol is None:
+            return  # its socket is gone
+        carry_out(wire, protocol)
+        transport = protocol.transport
         if transport is not None:
             wire.write_buffer_size = transport.get_write_buffer_size()
-        if arm:
-            self._arm()
-
-    def _accept(self, transport: asyncio.Transport) -> Connection:
-        wire = self.hub.open(self.now())
-        conn = Connection(self, wire)
-        conn._transport = transport
-        wire.context = conn
-        self._connections[conn] = _Ops(self, conn)
         self._arm()
-        return conn
 
-    def _forget(self, conn: Connection) -> None:
-        self._connections.pop(conn, None)
+    def _reset(self, wire: ServerConnection) -> None:
+        protocol = self._protocols.get(wire)
+        if protocol is not None:
+            protocol.abort()
+
+    def _accepted(self, protocol: _Protocol) -> None:
+        self._protocols[protocol.wire] = protocol
+        self._arm()
+
+    def _forget(self, protocol: _Protocol) -> None:
+        self._protocols.pop(protocol.wire, None)
         self._check_drained()
 
     def _start_handler(self, conn: Connection) -> None:
-        task = self._loop.create_task(self._run_handler(conn))
-        conn._handler_task = task
+        task = self._loop.create_task(run_handler(self._handler, conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _run_handler(self, conn: Connection) -> None:
-        try:
-            await self._handler(conn)
-        except ConnectionClosed:
-            pass  # the connection ended under the handler: nothing to report
-        except Exception as error:
-            log.exception("handler failed connection=%s", conn.id)
-            if conn.state is not State.CLOSED:
-                conn.wire.lifecycle.handler_failed(self.now(), f"{type(error).__name__}: {error}")
-                conn.wire.pump(self.now())
-                self.flush(conn)
-            return
-        if conn.state is State.ACTIVE:
-            conn.wire.close(self.now(), 1000, "")
-            self.flush(conn)
 
     # ----------------------------------------------------------------- timer
 
     def _arm(self) -> None:
-        """Keep ONE timer at the hub's earliest deadline; move it only earlier."""
+        """Keep ONE timer at the hub's next wake-up; move it only earlier."""
         changes = self.hub.changes
         if changes == self._armed_changes and self._timer is not None:
             return  # no deadline moved since the timer was armed
         self._armed_changes = changes
-        deadline = self.hub.next_deadline()
-        if deadline is None:
+        wakeup = self.hub.next_wakeup()
+        if wakeup is None:
             return
-        if self._timer_at is not None and self._timer_at <= deadline:
+        if self._timer_at is not None and self._timer_at <= wakeup:
             return  # armed early enough; a spurious early fire just re-arms
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer_at = wakeup
+        self._timer = self._loop.call_at(wakeup, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        hub = self.hub
-        now = self.now()
-        for wire in hub.tick(now, TICK_BATCH):
-            self.flush(wire.context, arm=False)
-        for alert in hub.take_alerts():
-            log_alert(alert)
-        for wire in hub.expired_closes(now):
-            _reset(wire.context._transport)  # still flushing after close_timeout
+        self._run_timer()
         self._arm()
         self._check_drained()
 
     def _check_drained(self) -> None:
-        if self.hub.draining and self.hub.drained and not self._connections:
+        if self.hub.drained and not self._protocols:
             self._drained.set()
-
-
-def _reset(transport: asyncio.Transport | None) -> None:
-    """Drop a connection now: SO_LINGER 0 makes the close an RST, not a FIN."""
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.fileno() >= 0:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 async def serve(
@@ -447,27 +293,11 @@ async def serve(
     host: str,
     port: int,
     *,
-    config: Config | None = None,
-    entropy: Entropy | None = None,
-    broker: Broker[ServerConnection] | None = None,
-    **options: Any,
+    backlog: int = 1024,
+    **hub: Unpack[HubOptions],
 ) -> Server:
-    """Start serving ``handler`` on ``host:port``; returns the running server."""
-    server = Server(handler, config or Config(), entropy=entropy, broker=broker)
-    await server.start(host, port, **options)
+    """Start serving ``handler`` on ``host:port`` (``config``, ``entropy``,
+    ``broker``: :class:`HubOptions`); returns the running server."""
+    server = Server(handler, driver_hub(**hub))
+    await server.start(host, port, backlog=backlog)
     return server
-
-
-async def relay_handler(conn: Connection) -> None:
-    """The handler of ``wslifecycle serve``: the JSON pub/sub relay."""
-    server = conn._server
-    async for message in conn:
-        for wire in handle_relay_message(server.hub, conn.wire, message, server.now()):
-            server.flush(wire.context)
-        server.flush(conn)
-
-
-async def echo_handler(conn: Connection) -> None:
-    """Echo every message back (the mode the Autobahn cases run against)."""
-    async for message in conn:
-        conn.send(message, critical=True)

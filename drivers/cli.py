@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from wslifecycle import Config, ConfigError, HeartbeatMode
+from wslifecycle import Config, ConfigError, HeartbeatMode, __version__
 
 __all__ = ["build_config", "main", "parser"]
 
@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="wslifecycle", description="Server-side WebSocket connections that stay honest."
     )
+    top.add_argument("--version", action="version", version=f"wslifecycle {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
@@ -86,6 +87,20 @@ def parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="a peer this far behind is terminated as a slow consumer",
     )
+    add(
+        "--inbox-high-water",
+        type=int,
+        default=64,
+        metavar="N",
+        help="messages queued for a handler before its socket stops being read",
+    )
+    add(
+        "--inbox-low-water",
+        type=int,
+        default=16,
+        metavar="N",
+        help="reading resumes once the handler is down to this many",
+    )
     add("--max-connections", type=int, default=None, metavar="N", help="more get HTTP 503")
     add("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     add("--close-timeout", type=float, default=10.0, metavar="SECONDS")
@@ -114,6 +129,8 @@ def build_config(args: argparse.Namespace) -> Config:
         max_fragments=args.max_fragments,
         write_buffer_guard=args.write_buffer_guard,
         max_write_buffer=args.max_write_buffer,
+        inbox_high_water=args.inbox_high_water,
+        inbox_low_water=args.inbox_low_water,
         max_connections=args.max_connections,
         handshake_timeout=args.handshake_timeout,
         close_timeout=args.close_timeout,

@@ -4,7 +4,7 @@ Threads:
 
 * ONE I/O thread multiplexes the listening socket, every client socket and
   the heartbeat with :class:`selectors.DefaultSelector`. Its ``select``
-  timeout is the time to ``hub.next_deadline()``: one wake-up for the earliest
+  timeout is the time to ``hub.next_wakeup()``: one wake-up for the earliest
   deadline of all connections, never a timer per connection. A socketpair
   wakes it when another thread has produced output or asked for something
   (a drain, a resumed read, a close). It alone touches sockets and the
@@ -17,10 +17,10 @@ Threads:
 The core is not thread-safe: one :class:`threading.Lock` guards the hub and
 every wire. The I/O thread reads ready sockets without it, then takes it once
 per batch of ready events (feed input, run due deadlines, turn wire output
-into socket writes); worker threads take it for each ``send``, ``close``,
-``subscribe``, ``publish`` and for each message they take from the queue.
-Nobody holds it while blocking on I/O or running handler code. The
-connection methods are safe from any thread but the I/O thread itself.
+into socket writes); worker threads take it for each connection call and for
+each message they take. Nobody holds it while blocking on I/O or running
+handler code. The connection methods are safe from any thread but the I/O
+thread itself.
 
 Handlers run per burst, not once per connection (unlike the asyncio driver,
 where a handler task lives as long as its connection)::
@@ -45,20 +45,15 @@ where a handler task lives as long as its connection)::
   once; but if the run read none at all they are dropped (logged), so a
   handler that ignores its messages cannot spin a worker.
 * A handler that raises: ``handler failed`` is logged with the traceback and
-  the connection closes with 1011 (``handler_failed``); one that gets
+  the connection closes with 1011; one that gets
   :class:`~wslifecycle.ConnectionClosed` ends quietly. Either way the
   messages still queued are dropped: nobody can answer them.
-* Inbound backpressure: past ``QUEUE_HIGH_WATER`` queued messages the socket
-  is no longer selected for reading and ``lifecycle.reading_paused`` is set
-  (unread pongs then blame nobody); reading resumes at ``QUEUE_LOW_WATER``.
 
-Teardown is the core's; the driver only carries it out. ``Terminate`` is an
-RST (``SO_LINGER`` (1, 0), then close). ``CloseTransport`` closes once the
-outbound buffer is written (after EOF or a failed write nothing more is).
-``begin_drain`` (thread-safe, also from a signal handler) asks the I/O thread
-to drain: handshakes get 503, connections close with 1001, stragglers are
-terminated at the drain deadline; once every connection is CLOSED and its
-socket closed, the I/O thread stops listening and ends.
+Backpressure, teardown and drain are the core's; the driver only carries
+them out (while the wire says ``reading_paused`` the socket is not selected
+for reading). ``begin_drain`` is thread-safe and takes no lock (a signal
+handler may call it); the I/O thread drains, and once every connection is
+CLOSED and its socket closed, stops listening and ends.
 """
 
 from __future__ import annotations
@@ -69,25 +64,23 @@ import os
 import queue
 import selectors
 import socket
-import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, Unpack
 
-from wslifecycle import Config, ConnectionClosed, Entropy, State
-from wslifecycle.broker import Broker
-from wslifecycle.relay import handle_relay_message, publish
+from wslifecycle import ConnectionClosed, State
+from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
 
 from ._common import (
-    TICK_BATCH,
     ConnectionBase,
-    drain_wire,
+    HubOptions,
+    ServerBase,
+    carry_out,
     driver_hub,
     log,
-    log_alert,
+    reset_socket,
 )
 
 __all__ = ["Connection", "Handler", "Server", "echo_handler", "relay_handler", "serve"]
@@ -95,9 +88,6 @@ __all__ = ["Connection", "Handler", "Server", "echo_handler", "relay_handler", "
 T = TypeVar("T")
 Handler = Callable[["Connection"], None]
 
-#: Messages queued for a handler before reading from its socket pauses.
-QUEUE_HIGH_WATER = 64
-QUEUE_LOW_WATER = 16
 #: Handler threads by default (as many as concurrent.futures would start).
 DEFAULT_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 RECV_SIZE = 65536
@@ -110,48 +100,38 @@ ACCEPT_BATCH = 64
 ACCEPT_RETRY_DELAY = 1.0
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-_RST = struct.pack("ii", 1, 0)
 
 
 class Connection(ConnectionBase):
     """A WebSocket connection as a handler sees it; safe from any thread
-    except the server's I/O thread.
+    except the server's I/O thread."""
 
-    ``send`` never blocks: above the write-buffer guard a non-critical send is
-    skipped and returns None. Once the connection is closing, ``send``,
-    ``subscribe`` and ``publish`` raise :class:`~wslifecycle.ConnectionClosed`.
-    """
+    __slots__ = ("_closed", "_consumed", "_running")
 
-    __slots__ = (
-        "_closed",
-        "_consumed",
-        "_messages",
-        "_paused",
-        "_running",
-        "_server",
-        "_transport",
-    )
+    _server: Server
 
     def __init__(self, server: Server, wire: ServerConnection) -> None:
-        self._server = server
-        self.wire = wire
-        self._transport: _Transport | None = None
+        super().__init__(server, wire)
         # Guarded by the server's lock:
-        self._messages: deque[str | bytes] = deque()
         self._consumed = 0  # messages taken by handler runs so far
         self._running = False  # a handler run is queued or in progress
-        self._paused = False  # reading paused: the handler is behind
         self._closed = threading.Event()
 
-    # ------------------------------------------------------------ handler API
-
     def send(self, data: str | bytes, *, critical: bool = False) -> int | None:
-        """Send a message; its sequence number, or None if skipped (slow peer)."""
-        server = self._server
-        with server._lock:
-            seq = self.wire.send(data, time.monotonic(), critical=critical)
-            server._touch(self)
-        return seq
+        with self._server._lock:
+            return super().send(data, critical=critical)
+
+    def subscribe(self, channel: str) -> None:
+        with self._server._lock:
+            super().subscribe(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        with self._server._lock:
+            super().unsubscribe(channel)
+
+    def relay(self, message: str | bytes) -> None:
+        with self._server._lock:
+            super().relay(message)
 
     def close(self, code: int = 1000, reason: str = "", *, timeout: float | None = None) -> bool:
         """Close with ``code`` and wait until the connection is CLOSED (at most
@@ -159,9 +139,9 @@ class Connection(ConnectionBase):
         when the core has terminated it). Returns whether it is CLOSED."""
         server = self._server
         with server._lock:
-            if self.wire.lifecycle.state is not State.CLOSED:
-                self.wire.close(time.monotonic(), code, reason)
-                server._touch(self)
+            if self.state is not State.CLOSED:
+                self.wire.close(server.now(), code, reason)
+                server.flush(self.wire)
         if timeout is None:
             timeout = server.hub.config.close_timeout + 1.0
         return self._closed.wait(timeout)
@@ -170,37 +150,22 @@ class Connection(ConnectionBase):
         """Wait until the connection is CLOSED; whether it is."""
         return self._closed.wait(timeout)
 
-    def subscribe(self, channel: str) -> None:
-        with self._server._lock:
-            self._server.hub.subscribe(self.wire, channel)
-
-    def unsubscribe(self, channel: str) -> None:
-        with self._server._lock:
-            self._server.hub.unsubscribe(self.wire, channel)
-
-    def publish(self, channel: str, data: object) -> int:
-        """Relay-format ``data`` to every member of ``channel``; how many got it."""
-        return self._server.publish(channel, data)
-
     def __iter__(self) -> Connection:
         return self
 
     def __next__(self) -> str | bytes:
         """The next queued message; StopIteration once the queue is empty."""
-        server = self._server
-        with server._lock:
-            messages = self._messages
-            if not messages:
+        with self._server._lock:
+            message = self._take()
+            if message is None:
                 raise StopIteration
             self._consumed += 1
-            if self._paused and len(messages) <= QUEUE_LOW_WATER:
-                server._resume_reading(self)
-            return messages.popleft()
+            return message
 
 
 class _Transport:
-    """The socket side of one connection, and the :class:`TransportOps` that
-    carry out its wire's events. Only the I/O thread touches it."""
+    """The socket side of one connection, and the transport operations that
+    carry out its wire's output. Only the I/O thread touches it."""
 
     __slots__ = (
         "closing",
@@ -223,6 +188,7 @@ class _Transport:
         self.closing = False  # close the socket once ``outbound`` is written
         self.lingering = False  # the hub bounds how long that may take
 
+    # TransportOps
     def write(self, data: bytes) -> None:
         if self.sock is not None:
             self.outbound += data
@@ -236,14 +202,14 @@ class _Transport:
     def accepted(self) -> None:
         pass  # handlers run per burst of messages, not per connection
 
-    def deliver(self, data: str | bytes) -> None:
-        self.server._deliver(self.conn, data)
+    def messages_waiting(self) -> None:
+        conn = self.conn
+        if not conn._running and not self.server._stopping:
+            conn._running = True
+            self.server._workers.submit(conn)
 
-    def resume_reading(self) -> None:
-        conn = self.conn  # in the I/O thread: the flush that follows re-registers
-        if conn._paused:
-            conn._paused = False
-            conn.wire.lifecycle.reading_paused = False
+    def sync_reading(self, paused: bool) -> None:
+        pass  # the flush that follows selects the socket by the wire's reading_paused
 
     def closed(self) -> None:
         self.conn._closed.set()
@@ -285,25 +251,17 @@ class _Workers:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
 
-class Server:
+class Server(ServerBase):
     """A running selector server: the hub, the I/O thread, the handler pool."""
 
-    def __init__(
-        self,
-        handler: Handler,
-        config: Config,
-        *,
-        entropy: Entropy | None = None,
-        broker: Broker[ServerConnection] | None = None,
-        workers: int = DEFAULT_WORKERS,
-    ) -> None:
+    def __init__(self, handler: Handler, hub: Hub, workers: int = DEFAULT_WORKERS) -> None:
         self._handler = handler
-        self.hub = driver_hub(config, entropy, broker)
+        self.hub = hub
         self._lock = threading.Lock()
         # Guarded by the lock:
-        self._transports: dict[_Transport, None] = {}
+        self._transports: dict[ServerConnection, _Transport] = {}
         self._pending: dict[_Transport, None] = {}  # flush these in the next batch
-        self._wake_pending = False
+        self._wake_pending = False  # a wake-up is on its way (or the I/O thread is awake)
         self._stopping = False  # no more handler runs
         # Set by any thread, read by the I/O thread:
         self._drain_requested = False
@@ -312,7 +270,7 @@ class Server:
         self._selector = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._wake_recv, self._wake_send = socket.socketpair()
-        self._next_deadline: float | None = None
+        self._next_wakeup: float | None = None
         self._accept_resume_at: float | None = None
         self._drained = False
         self._finished = threading.Event()
@@ -320,6 +278,9 @@ class Server:
         self._workers = _Workers(workers, self._run_handler)
 
     # ----------------------------------------------------------------- control
+
+    def now(self) -> float:
+        return time.monotonic()
 
     def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
         try:
@@ -367,7 +328,7 @@ class Server:
         return self._finished.wait(timeout) and self._drained
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop: end the I/O thread (connections still open are dropped),
+        """Stop: end the I/O thread (connections still open are terminated),
         then the workers once their runs finish (at most ``timeout`` s)."""
         self._stop_requested = True
         self._wake()
@@ -392,18 +353,14 @@ class Server:
             return fn()
 
     def publish(self, channel: str, data: object) -> int:
-        """Relay-format ``data`` to every member of ``channel``; how many got it."""
         with self._lock:
-            receivers = publish(self.hub, channel, data, time.monotonic())
-            for wire in receivers:
-                self._touch(wire.context)
-        return len(receivers)
+            return super().publish(channel, data)
 
     # --------------------------------------------- called with the lock held
 
-    def _touch(self, conn: Connection) -> None:
-        """``conn``'s wire may have output: the I/O thread flushes it."""
-        transport = conn._transport
+    def flush(self, wire: ServerConnection) -> None:
+        """``wire`` may have output: the I/O thread flushes it in its next batch."""
+        transport = self._transports.get(wire)
         if transport is None or transport.sock is None:
             return
         self._pending[transport] = None
@@ -411,27 +368,16 @@ class Server:
             self._wake_pending = True
             self._wake()
 
-    def _deliver(self, conn: Connection, data: str | bytes) -> None:
-        messages = conn._messages
-        messages.append(data)
-        if not conn._paused and len(messages) >= QUEUE_HIGH_WATER and conn.state is State.ACTIVE:
-            # The handler is behind: stop reading (the flush unregisters the
-            # socket). The lifecycle is told, so unread pongs blame nobody.
-            conn._paused = True
-            conn.wire.lifecycle.reading_paused = True
-        if not conn._running and not self._stopping:
-            conn._running = True
-            self._workers.submit(conn)
-
-    def _resume_reading(self, conn: Connection) -> None:
-        conn._paused = False
-        conn.wire.lifecycle.reading_paused = False
-        self._touch(conn)  # the flush registers the socket for reading again
+    def _reset(self, wire: ServerConnection) -> None:
+        transport = self._transports.get(wire)
+        if transport is not None:
+            self._drop(transport, reset=True)
 
     # ---------------------------------------------------------------- workers
 
     def _run_handler(self, conn: Connection) -> None:
         """One run of the handler for one burst of ``conn``'s messages."""
+        wire = conn.wire
         consumed = conn._consumed  # only runs take messages, one run at a time
         failed = False
         try:
@@ -442,25 +388,19 @@ class Server:
             failed = True
             log.exception("handler failed connection=%s", conn.id)
             with self._lock:
-                lifecycle = conn.wire.lifecycle
-                if lifecycle.state is not State.CLOSED:
-                    now = time.monotonic()
-                    lifecycle.handler_failed(now, f"{type(error).__name__}: {error}")
-                    conn.wire.pump(now)
-                    self._touch(conn)
+                wire.handler_failed(self.now(), f"{type(error).__name__}: {error}")
+                self.flush(wire)
         with self._lock:
-            messages = conn._messages
-            if messages and (failed or conn._consumed == consumed):
+            if wire.messages_waiting and (failed or conn._consumed == consumed):
                 if not failed:
                     log.warning(
                         "handler returned without reading connection=%s dropped=%d",
                         conn.id,
-                        len(messages),
+                        wire.messages_waiting,
                     )
-                messages.clear()
-                if conn._paused:
-                    self._resume_reading(conn)
-            if messages and not self._stopping:
+                wire.drop_messages(self.now())
+                self.flush(wire)  # reading resumes
+            if wire.messages_waiting and not self._stopping:
                 self._workers.submit(conn)  # messages arrived after the iteration ended
             else:
                 conn._running = False
@@ -484,16 +424,16 @@ class Server:
             self._finished.set()
 
     def _select_timeout(self) -> float | None:
-        deadline = self._next_deadline
+        wakeup = self._next_wakeup
         resume = self._accept_resume_at
         if resume is not None:
-            deadline = resume if deadline is None else min(deadline, resume)
-        if deadline is None:
+            wakeup = resume if wakeup is None else min(wakeup, resume)
+        if wakeup is None:
             return None
-        return max(0.0, deadline - time.monotonic())
+        return max(0.0, wakeup - time.monotonic())
 
     def _serve_batch(self) -> bool:
-        """Wait for sockets or the earliest deadline, then handle one batch.
+        """Wait for sockets or the next wake-up, then handle one batch.
         Returns False once the server is done."""
         ready = self._selector.select(self._select_timeout())
         accepted: list[tuple[socket.socket, int]] = []
@@ -511,7 +451,7 @@ class Server:
             elif key.fileobj is self._listener:
                 self._accept_some(accepted)
             else:
-                self._drain_wakeups()
+                self._clear_wakeups()
         self._resume_accepting()
         with self._lock:
             return self._handle_batch(accepted, inputs, writable)
@@ -522,11 +462,12 @@ class Server:
         inputs: list[tuple[_Transport, bytes]],
         writable: list[_Transport],
     ) -> bool:
-        now = time.monotonic()
+        now = self.now()
         hub = self.hub
+        self._wake_pending = True  # awake: what is touched now needs no wake-up byte
         for sock, port in accepted:
             self._open(sock, port, now)
-        touched: dict[_Transport, None] = {}
+        pending = self._pending
         # Input first: a pong that arrived is credited before its deadline runs.
         for transport, data in inputs:
             if transport.sock is None:
@@ -537,27 +478,19 @@ class Server:
             else:  # EOF or a socket error: nothing more is written
                 wire.receive_eof(now)
                 transport.outbound.clear()
-            touched[transport] = None
-        touched.update(dict.fromkeys(writable))
-        touched.update(self._pending)
-        self._pending.clear()
-        self._wake_pending = False
+            pending[transport] = None
+        pending.update(dict.fromkeys(writable))
         if self._drain_requested and not hub.draining:
-            log.info("drain begins connections=%d", len(self._transports))
-            touched.update((wire.context._transport, None) for wire in hub.begin_drain(now))
-        deadline = hub.next_deadline()
-        if deadline is not None and deadline <= now:
-            touched.update((wire.context._transport, None) for wire in hub.tick(now, TICK_BATCH))
-            for alert in hub.take_alerts():
-                log_alert(alert)
-            for wire in hub.expired_closes(now):
-                late: _Transport = wire.context._transport
-                if late.sock is not None:
-                    self._drop(late, reset=True)
-        for transport in touched:
+            self._drain_hub()
+        wakeup = hub.next_wakeup()
+        if wakeup is not None and wakeup <= now:
+            self._run_timer()
+        self._pending = {}
+        self._wake_pending = False
+        for transport in pending:
             self._flush(transport, now)
-        self._next_deadline = hub.next_deadline()
-        if hub.draining and hub.drained and not self._transports:
+        self._next_wakeup = hub.next_wakeup()
+        if hub.drained and not self._transports:
             self._drained = True
             return False
         return not self._stop_requested
@@ -589,7 +522,7 @@ class Server:
             self._accept_resume_at = None
             self._selector.register(self._listener, _READ)
 
-    def _drain_wakeups(self) -> None:
+    def _clear_wakeups(self) -> None:
         try:
             while self._wake_recv.recv(4096):
                 pass
@@ -610,31 +543,28 @@ class Server:
 
     def _open(self, sock: socket.socket, port: int, now: float) -> None:
         wire = self.hub.open(now)
-        conn = Connection(self, wire)
-        transport = _Transport(self, conn, sock, port)
-        conn._transport = transport
-        wire.context = conn
-        self._transports[transport] = None
+        transport = _Transport(self, Connection(self, wire), sock, port)
+        self._transports[wire] = transport
         self._selector.register(sock, _READ, transport)
         transport.events = _READ
 
     def _flush(self, transport: _Transport, now: float) -> None:
-        """Carry out the wire's events, write what it can, adjust the selector."""
+        """Carry out the wire's output, write what it can, adjust the selector."""
         wire = transport.conn.wire
-        drain_wire(wire, transport)
+        carry_out(wire, transport)
         sock = transport.sock
         if sock is None:
-            return  # closed earlier, or terminated by these events
+            return  # closed earlier, or terminated by these actions
         out = transport.outbound
         if out:
             try:
                 del out[: sock.send(out)]  # the rest waits for EVENT_WRITE
             except (BlockingIOError, InterruptedError):
                 pass
-            except OSError:  # the peer is gone: the wire learns it as EOF
+            except OSError as error:  # the peer is gone
                 out.clear()
-                wire.receive_eof(now)
-                drain_wire(wire, transport)
+                wire.transport_lost(now, f"{type(error).__name__}: {error}")
+                carry_out(wire, transport)
         wire.write_buffer_size = len(out)
         if transport.closing:
             if not out:
@@ -643,9 +573,8 @@ class Server:
             if not transport.lingering:  # a peer that stopped reading: bounded
                 transport.lingering = True
                 self.hub.closing(wire, now)
-        wanted = (0 if transport.closing or transport.conn._paused else _READ) | (
-            _WRITE if out else 0
-        )
+        reading = not (transport.closing or wire.reading_paused)
+        wanted = (_READ if reading else 0) | (_WRITE if out else 0)
         if wanted != transport.events:
             if not transport.events:
                 self._selector.register(sock, wanted, transport)
@@ -665,22 +594,19 @@ class Server:
             self._selector.unregister(sock)
             transport.events = 0
         if reset:
-            with contextlib.suppress(OSError):  # already reset by the peer
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST)
+            reset_socket(sock)
         sock.close()
         transport.outbound.clear()
-        del self._transports[transport]
+        del self._transports[transport.conn.wire]
         transport.conn._closed.set()
 
     def _shut_down(self) -> None:
-        """The I/O thread ends: drop what is still open, stop listening."""
+        """The I/O thread ends: terminate what is still open, stop listening."""
         with self._lock:
             self._stopping = True
-            now = time.monotonic()
-            for transport in list(self._transports):
-                wire = transport.conn.wire
-                wire.receive_eof(now)  # releases its channels; CLOSED
-                drain_wire(wire, transport)
+            self._stop_hub()
+            for transport in list(self._transports.values()):
+                carry_out(transport.conn.wire, transport)  # the terminate: an RST
                 self._drop(transport, reset=True)
         if self._listener is not None:
             self._listener.close()
@@ -694,28 +620,22 @@ def serve(
     host: str,
     port: int,
     *,
-    config: Config | None = None,
-    entropy: Entropy | None = None,
-    broker: Broker[ServerConnection] | None = None,
     workers: int = DEFAULT_WORKERS,
     backlog: int = 1024,
+    **hub: Unpack[HubOptions],
 ) -> Server:
     """Start serving ``handler`` on ``host:port`` with ``workers`` handler
-    threads; returns the running server (its I/O thread started)."""
-    server = Server(handler, config or Config(), entropy=entropy, broker=broker, workers=workers)
+    threads (``config``, ``entropy``, ``broker``: :class:`HubOptions`);
+    returns the running server, its I/O thread started."""
+    server = Server(handler, driver_hub(**hub), workers)
     server.start(host, port, backlog=backlog)
     return server
 
 
 def relay_handler(conn: Connection) -> None:
     """The handler of ``wslifecycle serve``: the JSON pub/sub relay."""
-    server = conn._server
     for message in conn:
-        with server._lock:
-            receivers = handle_relay_message(server.hub, conn.wire, message, time.monotonic())
-            server._touch(conn)
-            for wire in receivers:
-                server._touch(wire.context)
+        conn.relay(message)
 
 
 def echo_handler(conn: Connection) -> None:

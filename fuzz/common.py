@@ -37,29 +37,42 @@ def upgraded_wire() -> ServerConnection:
     wire = new_wire()
     wire.receive_data(REQUEST, 0.0)
     assert wire.data_to_send().startswith(b"HTTP/1.1 101 ")
-    wire.take_events()
+    wire.take_actions()
     return wire
 
 
-def feed(wire: ServerConnection, chunks: list[bytes]) -> tuple[bytes, list[Action]]:
+#: All a wire gave for some input: bytes written, the driver's actions, and
+#: the messages delivered to the handler (taken from its inbox after each read).
+Output = tuple[bytes, list[Action], list[str | bytes]]
+
+
+def feed(wire: ServerConnection, chunks: list[bytes]) -> Output:
     """Feed chunks, checking the memory bound after each; return all output."""
     written = bytearray()
-    events: list[Action] = []
+    actions: list[Action] = []
+    messages: list[str | bytes] = []
     for chunk in chunks:
         wire.receive_data(chunk, 1.0)
         # Memory stays under the caps: a message cap plus one read (plus a
         # frame header and at most one control frame being assembled).
         assert wire.inbound_buffered <= CONFIG.max_message_size + len(chunk) + 256
         written += wire.data_to_send()
-        events += wire.take_events()
-    return bytes(written), events
+        actions += wire.take_actions()
+        while (message := wire.take_message(1.0)) is not None:
+            messages.append(message)
+        assert wire.messages_waiting == 0
+    return bytes(written), actions, messages
 
 
-def check_output(written: bytes, events: list[Action]) -> None:
-    """Every refusal has a documented status; every close code is sendable."""
-    for event in events:
-        if isinstance(event, RejectUpgrade):
-            assert event.status in STATUSES, event
+def check_output(written: bytes, actions: list[Action], messages: list[str | bytes]) -> None:
+    """Every refusal has a documented status; every message is within the
+    cap; every close code is sendable."""
+    for action in actions:
+        if isinstance(action, RejectUpgrade):
+            assert action.status in STATUSES, action
+    for message in messages:
+        # A str has no more characters than its UTF-8 bytes.
+        assert len(message) <= CONFIG.max_message_size, len(message)
     body = written
     if body.startswith(b"HTTP/1.1 101 "):
         body = body.partition(b"\r\n\r\n")[2]

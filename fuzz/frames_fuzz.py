@@ -4,7 +4,7 @@ permessage-deflate negotiated so inflation is fuzzed too.
 Invariant: for any bytes after the upgrade, the wire never raises; it never
 holds more than the message cap plus one read; every close code it writes is
 sendable (never 1005, 1006, 1015); and input fed whole or in the chunks the
-fuzzer chose gives the same bytes and events.
+fuzzer chose gives the same bytes, actions and messages.
 
     .venv/bin/python fuzz/frames_fuzz.py fuzz/corpus/frames -max_total_time=600
 """

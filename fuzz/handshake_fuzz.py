@@ -2,8 +2,8 @@
 
 Invariant: for any bytes that start a connection, the wire never raises
 anything; it waits, upgrades, or refuses with a documented status; and it
-gives the same bytes and events whether the input arrives whole or in the
-chunks the fuzzer chose.
+gives the same bytes, actions and messages whether the input arrives whole
+or in the chunks the fuzzer chose.
 
     .venv/bin/python fuzz/handshake_fuzz.py fuzz/corpus/handshake -max_total_time=600
 """

@@ -1,4 +1,4 @@
-"""Smoke test of the side-by-side benchmark (issue 7): ``--quick`` on the
+"""Smoke test of the side-by-side benchmark: ``--quick`` on the
 asyncio driver alone (no competitors) produces the table with a row for
 every scenario. The numbers are not checked: this proves the command runs,
 stops by itself and cleans up, not how fast anything is."""

@@ -1,5 +1,5 @@
 """The core stays pure: no I/O module, clock, thread or driver is imported by
-any file under core/ (DESIGN §2), at any depth of the syntax tree."""
+any file under core/ (docs/theory.md), at any depth of the syntax tree."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The wire: bytes in, bytes out (DESIGN §2, second level). Still sans-IO.
+"""The wire: bytes in, bytes out (the second layer, docs/theory.md). Still sans-IO.
 
 h11 parses the HTTP request; an upgrade is answered with wsproto's accept
 token and frames are parsed by wsproto's decoders; a plain request

@@ -1,20 +1,28 @@
 """One TCP connection's bytes, sans-IO: ``ServerConnection``.
 
-It owns a :class:`~wslifecycle.ConnectionLifecycle` and turns bytes into its
-inputs and its actions into bytes. A driver's whole job around it:
+It owns a :class:`~wslifecycle.ConnectionLifecycle` and is the one object a
+driver talks to about that connection: every input is a method that takes
+``now`` and pumps by itself, and the output is bytes plus a few actions.
 
-    wire = ServerConnection(scheduler, now, responder=..., release_channels=...)
-    wire.receive_data(data, now)          # or wire.receive_eof(now)
-    transport.write(wire.data_to_send())  # bytes to write, in order
-    for event in wire.take_events():      # what the driver/application sees
-        DeliverMessage  -> hand to the handler
+    wire = hub.open(now)                        # or ServerConnection(scheduler, now)
+    wire.receive_data(data, now)                # bytes read; or receive_eof(now),
+                                                # transport_lost(now, error)
+    transport.write(wire.data_to_send())        # bytes to write, in order
+    for action in wire.take_actions():          # what the driver must do
+        AcceptUpgrade   -> start the handler
         CloseTransport  -> close the socket (FIN) once written
         Terminate       -> drop the socket now (RST); nothing more is written
-        AcceptUpgrade, RejectUpgrade, StateChanged, Alert -> log, route
+        RejectUpgrade, StateChanged, Alert -> log
+    message = wire.take_message(now)            # the handler's next message
+    wire.reading_paused                         # True: do not read the socket now
 
-After ``scheduler.tick(now)``, call :meth:`pump` on the owner of each
-lifecycle it returns (``lifecycle.owner`` is the wire). Methods the
-application calls (:meth:`send`, :meth:`close`, ...) pump by themselves.
+Messages wait in the wire's :class:`~wslifecycle.inbox.Inbox`; when the
+handler falls ``inbox_high_water`` behind, the wire pauses reading (an input
+of the lifecycle, so unread pongs blame nobody) and resumes it at
+``inbox_low_water``. The driver only keeps its socket's reading in step with
+:attr:`ServerConnection.reading_paused`. The handler's end is an input too:
+:meth:`~ServerConnection.handler_failed` (1011) or
+:meth:`~ServerConnection.handler_returned` (1000).
 
 Conventions: input after the connection ended (EOF, terminate, our close of
 TCP) is dropped; after a close frame from us, pings are no longer answered;
@@ -24,7 +32,6 @@ after EOF or terminate nothing more is written.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from wsproto.extensions import Extension
 from wsproto.handshake import server_extensions_handshake
@@ -33,7 +40,9 @@ from wsproto.utilities import generate_accept_token
 from ..actions import (
     AcceptUpgrade,
     Action,
+    Alert,
     CloseTransport,
+    DeliverMessage,
     RejectUpgrade,
     ReleaseChannels,
     SendClose,
@@ -41,9 +50,11 @@ from ..actions import (
     SendMessage,
     SendPing,
     SendStateDrift,
+    StateChanged,
     Terminate,
 )
-from ..lifecycle import ConnectionLifecycle
+from ..causes import AlertKind, TerminationCause
+from ..inbox import Inbox
 from ..scheduler import Scheduler
 from ..transitions import State
 from .deflate import BoundedPerMessageDeflate
@@ -52,12 +63,12 @@ from .frames import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    CloseReceived,
     CompressedWriter,
     FrameReader,
-    MessageReceived,
-    PingReceived,
-    PongReceived,
+    InboundClose,
+    InboundMessage,
+    InboundPing,
+    InboundPong,
     encode_close,
     encode_frame,
 )
@@ -73,14 +84,23 @@ from .http import (
 )
 from .mask import Unmask
 
-__all__ = ["HttpReply", "PlainResponder", "ReleaseHook", "ServerConnection", "health_responder"]
+__all__ = [
+    "ClosedHook",
+    "HttpReply",
+    "PlainResponder",
+    "ReleaseHook",
+    "ServerConnection",
+    "health_responder",
+]
 
 #: (status, content type, body) of a plain HTTP answer.
 HttpReply = tuple[int, str, bytes]
 #: Answers a plain HTTP request (``/healthz``, ``/metrics``).
 PlainResponder = Callable[[HttpRequest], HttpReply]
 #: Removes a connection from pub/sub channels, synchronously; may raise.
-ReleaseHook = Callable[[ConnectionLifecycle, tuple[str, ...]], None]
+ReleaseHook = Callable[["ServerConnection", tuple[str, ...]], None]
+#: Told once when a connection's lifecycle has reached CLOSED.
+ClosedHook = Callable[["ServerConnection"], None]
 
 OPEN, ACTIVE, DRAINING, CLOSED = State.OPEN, State.ACTIVE, State.DRAINING, State.CLOSED
 
@@ -104,12 +124,14 @@ class ServerConnection:
 
     __slots__ = (
         "__weakref__",  # the hub tracks closing sockets without keeping them
+        "_actions",
         "_close_sent",
         "_config",
         "_ended",
-        "_events",
         "_extensions",
         "_http",
+        "_inbox",
+        "_on_closed",
         "_out",
         "_reader",
         "_refusal",
@@ -117,7 +139,6 @@ class ServerConnection:
         "_responder",
         "_unmask",
         "_writer",
-        "context",
         "lifecycle",
         "request",
         "subprotocol",
@@ -131,31 +152,31 @@ class ServerConnection:
         *,
         responder: PlainResponder | None = None,
         release_channels: ReleaseHook | None = None,
+        on_closed: ClosedHook | None = None,
         unmask: Unmask | None = None,
     ) -> None:
         """``responder`` answers plain HTTP requests (default: ``/healthz``
         only). ``release_channels`` removes the connection from its pub/sub
-        channels when teardown asks; without it, ``ReleaseChannels`` reaches
-        :meth:`take_events` and the driver acknowledges it on the lifecycle.
-        ``unmask`` replaces the pure-Python unmasking (``wire.mask``)."""
-        self.lifecycle = lifecycle = scheduler.open(now)
-        lifecycle.owner = self
+        channels when teardown asks (default: it has none to leave).
+        ``on_closed`` is told once the lifecycle is CLOSED. ``unmask``
+        replaces the pure-Python unmasking (``wire.mask``)."""
+        self.lifecycle = scheduler.open(now)
         self._config = scheduler.config
         self._http: RequestReader | None = RequestReader(scheduler.config)
         self._responder = responder or health_responder(scheduler)
         self._release = release_channels
+        self._on_closed = on_closed
         self._unmask = unmask
         self._reader: FrameReader | None = None
         self._writer: CompressedWriter | None = None
         self._extensions: list[Extension] = []
         self._refusal: Refusal | None = None
         self._out: list[bytes] = []
-        self._events: list[Action] = []
+        self._actions: list[Action] = []
+        self._inbox: Inbox | None = None  # made with the first message
         self._ended = False
         self._close_sent = False
-        #: Free for the driver: its own object for this connection.
-        self.context: Any = None
-        #: The accepted upgrade request (path, headers), once there is one.
+        #: The accepted upgrade request (path, headers, origin), once there is one.
         self.request: UpgradeRequest | None = None
         #: The negotiated subprotocol, if any.
         self.subprotocol: str | None = None
@@ -166,7 +187,50 @@ class ServerConnection:
     def __repr__(self) -> str:
         return f"<ServerConnection {self.lifecycle.id} {self.lifecycle.state.value}>"
 
-    # ------------------------------------------------------------------ input
+    # ---------------------------------------------------------- what it is
+
+    @property
+    def id(self) -> str:
+        """The connection id (a session id: from the entropy's CSPRNG)."""
+        return self.lifecycle.id
+
+    @property
+    def state(self) -> State:
+        return self.lifecycle.state
+
+    @property
+    def latency(self) -> float | None:
+        """The last pong's round-trip time in seconds (None before the first)."""
+        return self.lifecycle.latency
+
+    @property
+    def ended(self) -> bool:
+        """True once the driver was told to close or drop the socket."""
+        return self._ended
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the driver must not read the socket (the handler is behind)."""
+        return self.lifecycle.reading_paused
+
+    @property
+    def messages_waiting(self) -> int:
+        """Messages queued for the handler."""
+        inbox = self._inbox
+        return len(inbox) if inbox is not None else 0
+
+    @property
+    def inbound_buffered(self) -> int:
+        """Input bytes held for a frame or message still arriving (bounded by
+        the message cap plus one read)."""
+        return self._reader.buffered if self._reader is not None else 0
+
+    @property
+    def buffered(self) -> int:
+        """Outbound bytes not yet written: ours plus the transport's."""
+        return self.write_buffer_size + sum(map(len, self._out))
+
+    # ------------------------------------------------------ the transport's inputs
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes read from the socket."""
@@ -185,31 +249,61 @@ class ServerConnection:
         self.pump(now)
 
     def receive_eof(self, now: float) -> None:
-        """The peer closed its side (or the socket failed). Nothing more is
-        written; the driver closes the socket."""
+        """The peer closed its side of TCP."""
+        self.transport_lost(now, "eof")
+
+    def transport_lost(self, now: float, error: str | None = None) -> None:
+        """The socket ended under us (EOF, reset, a failed read or write):
+        CLOSED, channels released. Nothing more is written; the driver closes
+        the socket (``CloseTransport``)."""
         self.pump(now)
         if self._ended:
             return
-        lifecycle = self.lifecycle
-        if lifecycle.state is not CLOSED:  # the driver may have reported the loss itself
-            lifecycle.transport_lost(now, "eof")
+        self.lifecycle.transport_lost(now, error)  # no effect if already CLOSED
         self.pump(now)  # releases channels, logs the transition; writes nothing
         self._ended = True
         self._out.clear()
-        self._events.append(CloseTransport())
+        self._actions.append(CloseTransport())
 
-    # ----------------------------------------------------------- application
+    def terminate(self, now: float, cause: TerminationCause) -> None:
+        """Drop the connection at once (RST, no close frame): the server is
+        stopping without a drain, or a limit of the driver's was hit."""
+        self.lifecycle.terminate(now, cause)
+        self.pump(now)
 
-    @property
-    def inbound_buffered(self) -> int:
-        """Input bytes held for a frame or message still arriving (bounded by
-        the message cap plus one read)."""
-        return self._reader.buffered if self._reader is not None else 0
+    # -------------------------------------------------------- the handler's inputs
 
-    @property
-    def buffered(self) -> int:
-        """Outbound bytes not yet written: ours plus the transport's."""
-        return self.write_buffer_size + sum(map(len, self._out))
+    def take_message(self, now: float) -> str | bytes | None:
+        """The handler's next message (None: none waiting). Taking the queue
+        down to ``inbox_low_water`` resumes reading."""
+        inbox = self._inbox
+        if inbox is None:
+            return None
+        message = inbox.take()
+        lifecycle = self.lifecycle
+        if lifecycle.reading_paused and inbox.drained:
+            lifecycle.resume_reading(now)
+        return message
+
+    def drop_messages(self, now: float) -> int:
+        """Forget the queued messages (nobody will answer them); how many.
+        Reading resumes."""
+        inbox = self._inbox
+        dropped = inbox.clear() if inbox is not None else 0
+        if self.lifecycle.reading_paused:
+            self.lifecycle.resume_reading(now)
+        return dropped
+
+    def handler_failed(self, now: float, error: str) -> None:
+        """The handler raised: close with 1011 (no effect once closing)."""
+        self.lifecycle.handler_failed(now, error)
+        self.pump(now)
+
+    def handler_returned(self, now: float) -> None:
+        """The handler is done with the connection: close with 1000 (no
+        effect once closing)."""
+        self.lifecycle.handler_returned(now)
+        self.pump(now)
 
     def send(
         self,
@@ -242,29 +336,35 @@ class ServerConnection:
         out.clear()
         return data
 
-    def take_events(self) -> list[Action]:
-        """Actions for the driver and the application, in order; the queue empties."""
-        events = self._events
-        if not events:
+    def take_actions(self) -> list[Action]:
+        """What the driver must do, in order; the queue empties. Only
+        ``AcceptUpgrade``, ``RejectUpgrade``, ``CloseTransport``,
+        ``Terminate``, ``StateChanged`` and ``Alert`` reach it: bytes are in
+        :meth:`data_to_send`, messages in :meth:`take_message`."""
+        actions = self._actions
+        if not actions:
             return []
-        self._events = []
-        return events
-
-    @property
-    def ended(self) -> bool:
-        """True once the driver was told to close or drop the socket."""
-        return self._ended
+        self._actions = []
+        return actions
 
     def pump(self, now: float) -> None:
-        """Turn the lifecycle's queued actions into bytes and events."""
+        """Turn the lifecycle's queued actions into bytes, messages and
+        driver actions. Every input calls it; the hub calls it after a timer."""
         lifecycle = self.lifecycle
         out = self._out
-        events = self._events
-        while actions := lifecycle.take_actions():
-            for action in actions:
+        actions = self._actions
+        while queued := lifecycle.take_actions():
+            for action in queued:
                 # Most frequent first: this runs for every message and ping.
                 if isinstance(action, SendMessage):
                     out.append(self._message(action.data))
+                elif isinstance(action, DeliverMessage):
+                    inbox = self._inbox
+                    if inbox is None:
+                        config = self._config
+                        self._inbox = inbox = Inbox(config.inbox_high_water, config.inbox_low_water)
+                    if inbox.put(action.data):
+                        lifecycle.pause_reading(now)  # only while ACTIVE
                 elif isinstance(action, SendPing):
                     out.append(encode_frame(OP_PING, action.payload))
                 elif isinstance(action, SendHeartbeat | SendStateDrift):
@@ -275,20 +375,24 @@ class ServerConnection:
                 elif isinstance(action, ReleaseChannels):
                     self._release_channels(action, now)
                 elif isinstance(action, AcceptUpgrade):
-                    events.append(action)
+                    actions.append(action)
                     self._accept(now)
                 elif isinstance(action, RejectUpgrade):
                     self._reject(action)
-                    events.append(action)
+                    actions.append(action)
                 elif isinstance(action, CloseTransport):
                     self._ended = True
-                    events.append(action)
+                    actions.append(action)
                 elif isinstance(action, Terminate):
                     self._ended = True
                     out.clear()  # RST: what was not written is dropped
-                    events.append(action)
-                else:  # DeliverMessage, StateChanged, Alert
-                    events.append(action)
+                    actions.append(action)
+                elif isinstance(action, StateChanged):
+                    actions.append(action)
+                    if action.current is CLOSED and self._on_closed is not None:
+                        self._on_closed(self)
+                else:  # Alert
+                    actions.append(action)
 
     # ---------------------------------------------------------------- internals
 
@@ -340,17 +444,17 @@ class ServerConnection:
         assert reader is not None
         lifecycle = self.lifecycle
         for item in reader.feed(data):
-            if isinstance(item, MessageReceived):
+            if isinstance(item, InboundMessage):
                 lifecycle.receive_message(now, item.data)
-            elif isinstance(item, PongReceived):
+            elif isinstance(item, InboundPong):
                 lifecycle.receive_pong(now, item.payload)
-            elif isinstance(item, PingReceived):
+            elif isinstance(item, InboundPing):
                 # RFC 6455 §5.5.2: answer with the same payload, unless we
                 # have sent our close frame already (§5.5.1).
                 if not self._close_sent and lifecycle.state is not CLOSED:
                     self._out.append(encode_frame(OP_PONG, item.payload))
                 lifecycle.note_activity(now)
-            elif isinstance(item, CloseReceived):
+            elif isinstance(item, InboundClose):
                 lifecycle.receive_close(now, item.code, item.reason)
             else:
                 lifecycle.fail(now, item.cause, item.code, item.reason)
@@ -365,14 +469,15 @@ class ServerConnection:
     def _release_channels(self, action: ReleaseChannels, now: float) -> None:
         lifecycle = self.lifecycle
         hook = self._release
-        if hook is None:
-            self._events.append(action)
-            return
-        try:
-            hook(lifecycle, action.channels)
-        except Exception as error:  # any broker failure closes with 1011
-            if lifecycle.state is DRAINING:
-                lifecycle.channel_release_failed(now, f"{type(error).__name__}: {error}")
-            return
+        if hook is not None:
+            try:
+                hook(self, action.channels)
+            except Exception as error:  # any broker failure closes with 1011
+                reason = f"{type(error).__name__}: {error}"
+                if lifecycle.state is DRAINING:
+                    lifecycle.channel_release_failed(now, reason)
+                else:  # terminated or lost: no close frame to carry it, so say it
+                    self._actions.append(Alert(AlertKind.TEARDOWN_FAILED, self.id, 0.0, reason))
+                return
         if lifecycle.state is DRAINING:
             lifecycle.channels_released(now, buffered=self.buffered)

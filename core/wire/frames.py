@@ -56,12 +56,12 @@ from .mask import Unmask
 from .mask import unmask as pure_unmask
 
 __all__ = [
-    "CloseReceived",
     "FrameReader",
+    "InboundClose",
     "InboundFailure",
-    "MessageReceived",
-    "PingReceived",
-    "PongReceived",
+    "InboundMessage",
+    "InboundPing",
+    "InboundPong",
     "encode_close",
     "encode_frame",
 ]
@@ -76,23 +76,35 @@ _CAUSE_FOR_CODE = {
 }
 
 
+# What the reader yields, frame-level (the lifecycle's own inputs, with
+# ``now``, are in ``wslifecycle.events``).
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
-class MessageReceived:
+class InboundMessage:
+    """A complete text (``str``) or binary (``bytes``) message."""
+
     data: str | bytes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class PingReceived:
+class InboundPing:
+    """A ping frame, to be answered with a pong (RFC 6455 §5.5.2)."""
+
     payload: bytes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class PongReceived:
+class InboundPong:
+    """A pong frame (RFC 6455 §5.5.3)."""
+
     payload: bytes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class CloseReceived:
+class InboundClose:
+    """A valid close frame; ``code`` is None when it carried none."""
+
     code: int | None
     reason: str
 
@@ -106,7 +118,7 @@ class InboundFailure:
     reason: str
 
 
-Inbound = MessageReceived | PingReceived | PongReceived | CloseReceived | InboundFailure
+Inbound = InboundMessage | InboundPing | InboundPong | InboundClose | InboundFailure
 
 
 class _Decoder(FrameDecoder):
@@ -199,7 +211,7 @@ class FrameReader:
             try:
                 frame = decoder.process_buffer()
             except ParseFailed as error:
-                out.append(self._fail(int(error.code), f"{error}"))
+                out.append(self._parse_failed(error))
                 return out
             if frame is None:
                 failure = self._check_declared_length()
@@ -211,7 +223,7 @@ class FrameReader:
             item = self._frame(frame)
             if item is not None:
                 out.append(item)
-                if isinstance(item, CloseReceived | InboundFailure):
+                if isinstance(item, InboundClose | InboundFailure):
                     self._done = True
                     return out
 
@@ -265,19 +277,19 @@ class FrameReader:
             pos = stop
             if opcode == 0x1:
                 try:
-                    item: Inbound = MessageReceived(payload.decode("utf-8"))
+                    item: Inbound = InboundMessage(payload.decode("utf-8"))
                 except UnicodeDecodeError:
                     item = self._fail(1007, "invalid UTF-8 in text")
             elif opcode == 0x2:
-                item = MessageReceived(payload)
+                item = InboundMessage(payload)
             elif opcode == 0xA:
-                item = PongReceived(payload)
+                item = InboundPong(payload)
             elif opcode == 0x9:
-                item = PingReceived(payload)
+                item = InboundPing(payload)
             else:
                 item = self._close(payload)
             out.append(item)
-            if isinstance(item, CloseReceived | InboundFailure):
+            if isinstance(item, InboundClose | InboundFailure):
                 self._done = True
                 return b""
         return data[pos:]
@@ -287,9 +299,9 @@ class FrameReader:
         payload = frame.payload
         assert isinstance(payload, bytes)  # FrameDecoder yields raw bytes
         if opcode is Opcode.PING:
-            return PingReceived(payload)
+            return InboundPing(payload)
         if opcode is Opcode.PONG:
-            return PongReceived(payload)
+            return InboundPong(payload)
         if opcode is Opcode.CLOSE:
             return self._close(payload)
         return self._data(frame, len(payload))
@@ -313,10 +325,7 @@ class FrameReader:
         try:
             decoded = messages.process_frame(frame)
         except ParseFailed as error:
-            # The decoder's text names a byte position that depends on how the
-            # input was chunked; the close reason must not.
-            code = int(error.code)
-            return self._fail(code, "invalid UTF-8 in text" if code == 1007 else f"{error}")
+            return self._parse_failed(error)
         chunk = decoded.payload
         assert isinstance(chunk, str | bytes)
         if chunk:
@@ -331,7 +340,7 @@ class FrameReader:
         self._parts = []
         self._size = 0
         self._fragments = 0
-        return MessageReceived(data)
+        return InboundMessage(data)
 
     def _check_declared_length(self, already: int = 0) -> InboundFailure | None:
         """Fail at the header if the frame cannot fit the message cap.
@@ -349,7 +358,7 @@ class FrameReader:
     def _close(self, payload: bytes) -> Inbound:
         # RFC 6455 §5.5.1 and §7.4.
         if not payload:
-            return CloseReceived(None, "")
+            return InboundClose(None, "")
         if len(payload) == 1:
             return self._fail(1002, "close frame with a one-byte payload")
         (code,) = struct.unpack("!H", payload[:2])
@@ -359,7 +368,18 @@ class FrameReader:
             reason = payload[2:].decode("utf-8")
         except UnicodeDecodeError:
             return self._fail(1007, "close reason is not UTF-8")
-        return CloseReceived(code, reason)
+        return InboundClose(code, reason)
+
+    def _parse_failed(self, error: ParseFailed) -> InboundFailure:
+        code = int(error.code)
+        if code != 1007:
+            return self._fail(code, f"{error}")
+        # wsproto's text names a byte position, or says whether inflating or
+        # decoding failed first; both depend on how the input was chunked,
+        # and the close reason must not.
+        return self._fail(
+            1007, "invalid compressed text" if self._inflating else "invalid UTF-8 in text"
+        )
 
     def _fail(self, code: int, reason: str) -> InboundFailure:
         self._done = True

@@ -105,6 +105,15 @@ class UpgradeRequest:
     #: Bytes that followed the request (frames sent before our answer).
     trailing: bytes
 
+    @property
+    def path(self) -> str:
+        """The request target without its query string (``/chat``)."""
+        return self.request.path
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header (any case), or None."""
+        return self.request.header(name.lower())
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PlainRequest:

@@ -1,4 +1,4 @@
-"""Side-by-side benchmark (issue 7): wslifecycle against other WebSocket servers.
+"""Side-by-side benchmark: wslifecycle against other WebSocket servers.
 
     .venv/bin/python -m tests.bench.compare                 # full run, ~22 minutes
     .venv/bin/python -m tests.bench.compare --quick         # tiny numbers, ~20 s a server
@@ -57,7 +57,7 @@ Scenarios (``--scenario`` takes the names or numbers):
 
 The event-loop lag of every server is measured by the same probe: a 10 ms
 timer inside the server measures how late it fires (``peers/lagprobe.py``,
-and ``setTimeout`` in the Node.js server). Targets of issue 7 are for the
+and ``setTimeout`` in the Node.js server). Targets are for the
 asyncio driver, as ratios to websockets in the same run, plus the absolute
 ones; the table marks each. Results go to stdout and to
 ``tests/bench/results/compare-<date>.md`` (``--out`` to change).
@@ -174,7 +174,7 @@ class Context:
     deadline: float
 
 
-# Targets of issue 7 for the asyncio driver, as ratios to websockets.
+# Targets for the asyncio driver, as ratios to websockets.
 RATIO_TARGETS: dict[str, tuple[str, float]] = {
     "memory": ("≤", 0.4),
     "echo-64": ("≥", 1.0),
@@ -389,7 +389,7 @@ def scenario_detect(ctx: Context, kind: ServerKind) -> list[Row]:
             + f"; lag max {milli(lag_max)}"
             + connect_note(connected)
         )
-        # DESIGN §4: L is how late the timer fires, the timer-slack grid
+        # docs/theory.md: L is how late the timer fires, the timer-slack grid
         # (wslifecycle's default at this interval) plus the loop's own lag.
         slack = Config(heartbeat_interval=plan.interval).effective_timer_slack
         bound = hb.window + 2 * (slack + lag_max)
@@ -602,7 +602,7 @@ def render(rows: list[Row], header: list[str]) -> str:
     lines = list(header)
     lines.append(
         "| scenario | server | result | server CPU | generator CPU | vs websockets "
-        "| issue 7 target (asyncio driver) |"
+        "| target (asyncio driver) |"
     )
     lines.append("|---|---|---|---:|---:|---:|---|")
     by_key: dict[str, dict[str, Row]] = {}

@@ -11,12 +11,12 @@ Measures, on this machine, with a fake clock and no I/O:
     way a driver drives it (wake at ``next_wakeup()``, ``tick(now, 256)``
     batches, every ping answered by a pong): the CPU it costs, the pings per
     second it sustains, and the longest single timer callback.
-Targets (issue 2): pong < 2 µs, idle tick < 20 µs at 100,000 connections,
+Targets: pong < 2 µs, idle tick < 20 µs at 100,000 connections,
 < 1 KiB per connection.
 
     .venv/bin/python -m tests.bench.core_bench --scale 10000,100000,1000000
 
-prints how those costs grow with the number of connections (issue 7: the
+prints how those costs grow with the number of connections (the
 core-only benchmark for scale beyond one process; ~3 minutes with
 1,000,000).
 """

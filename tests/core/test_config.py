@@ -20,7 +20,7 @@ def build(**fields: Any) -> Config:
 
 
 def test_defaults_follow_design_table() -> None:
-    """Every field defaults to the value of DESIGN §4 and §6."""
+    """Every field has its documented default (docs/theory.md, README's tables)."""
     config = Config()
     assert config.heartbeat_interval == 30.0
     assert config.max_missed_pongs == 2
@@ -38,6 +38,7 @@ def test_defaults_follow_design_table() -> None:
     assert config.allow_no_origin is False
     assert config.origin_validator is None
     assert config.compression is False
+    assert (config.inbox_high_water, config.inbox_low_water) == (64, 16)
 
 
 def test_config_is_frozen() -> None:
@@ -311,3 +312,19 @@ def test_the_hard_write_buffer_limit_is_above_the_guard() -> None:
         Config(max_connections=0)
     assert zero.value.field == "max_connections"
     assert Config(max_connections=10).max_connections == 10
+
+
+def test_the_inbox_low_mark_is_below_the_high_mark() -> None:
+    """Reading resumes below where it paused: low ≥ high names the low mark;
+    each mark is an integer (high ≥ 1, low ≥ 0)."""
+    with pytest.raises(ConfigError) as raised:
+        Config(inbox_high_water=16, inbox_low_water=16)
+    assert raised.value.field == "inbox_low_water"
+    assert raised.value.reason == "must be below inbox_high_water (16), got 16"
+    with pytest.raises(ConfigError) as high:
+        Config(inbox_high_water=0)
+    assert high.value.field == "inbox_high_water"
+    with pytest.raises(ConfigError) as low:
+        Config(inbox_low_water=-1)
+    assert low.value.field == "inbox_low_water"
+    assert Config(inbox_high_water=2, inbox_low_water=0).inbox_high_water == 2

@@ -12,6 +12,7 @@ import pytest
 from wslifecycle import (
     AlertKind,
     CloseCode,
+    ClosingStep,
     ConnectionClosed,
     ConnectionLifecycle,
     HeartbeatMode,
@@ -87,6 +88,16 @@ def state_of(lifecycle: ConnectionLifecycle) -> State:
     return lifecycle.state
 
 
+def step_of(lifecycle: ConnectionLifecycle) -> ClosingStep | None:
+    """The closing step, read through a call (as ``state_of``)."""
+    return lifecycle.closing_step
+
+
+def paused_of(lifecycle: ConnectionLifecycle) -> bool:
+    """Whether reading is paused, read through a call (as ``state_of``)."""
+    return lifecycle.reading_paused
+
+
 def deadline_of(lifecycle: ConnectionLifecycle) -> float | None:
     """The deadline, read through a call so mypy does not keep an earlier narrowing."""
     return lifecycle.deadline
@@ -116,7 +127,8 @@ def test_a_new_connection_is_open_with_a_handshake_deadline(scheduler: Scheduler
     assert lc.deadline == 3.0 + scheduler.config.handshake_timeout
     assert (lc.seq, lc.client_seq, lc.missed_pongs, lc.missed_echoes) == (0, None, 0, 0)
     assert lc.latency is None
-    assert lc.owner is None
+    assert not lc.reading_paused
+    assert lc.closing_step is None
     assert lc.channels == frozenset()
     assert not lc.accepts_sends
     assert lc.take_actions() == []
@@ -129,13 +141,6 @@ def test_repr_names_id_and_state(scheduler: Scheduler) -> None:
     assert repr(lc) == f"<ConnectionLifecycle {lc.id} open>"
     lc.request_upgrade(0.0, origin=None, host="localhost")
     assert repr(lc) == f"<ConnectionLifecycle {lc.id} active>"
-
-
-def test_owner_is_free_for_the_driver(active: ConnectionLifecycle) -> None:
-    """A driver can hang its socket object on owner."""
-    marker = object()
-    active.owner = marker
-    assert active.owner is marker
 
 
 def test_take_actions_empties_the_queue(scheduler: Scheduler) -> None:
@@ -1556,6 +1561,12 @@ def _subscribed(s: Scheduler) -> ConnectionLifecycle:
     return lc
 
 
+def _paused(s: Scheduler) -> ConnectionLifecycle:
+    lc = accept(s)
+    lc.pause_reading(0.5)
+    return lc
+
+
 def _draining(s: Scheduler) -> ConnectionLifecycle:
     lc = accept(s)
     lc.send("a", buffered=0)
@@ -1602,6 +1613,9 @@ DISPATCH: list[tuple[Prep, ev.Event, Direct]] = [
         lambda lc: lc.fail(1.0, Cause.MESSAGE_TOO_BIG, 1009, "big"),
     ),
     (_active, ev.HandlerFailed(1.0, "boom"), lambda lc: lc.handler_failed(1.0, "boom")),
+    (_active, ev.HandlerReturned(1.0), lambda lc: lc.handler_returned(1.0)),
+    (_active, ev.ReadingPaused(1.0), lambda lc: lc.pause_reading(1.0)),
+    (_paused, ev.ReadingResumed(1.0), lambda lc: lc.resume_reading(1.0)),
     (_draining, ev.ChannelsReleased(2.0, 0), lambda lc: lc.channels_released(2.0, buffered=0)),
     (
         _draining,
@@ -1639,6 +1653,8 @@ def _observe(scheduler: Scheduler, lc: ConnectionLifecycle, result: object) -> t
         lc.missed_echoes,
         lc.latency,
         lc.deadline,
+        lc.reading_paused,
+        lc.closing_step,
         scheduler.metrics.snapshot(),
     )
 
@@ -1826,3 +1842,124 @@ def test_metrics_follow_a_mixed_population(make_scheduler: MakeScheduler) -> Non
     assert len(scheduler) == 3
     assert set(scheduler.connections) == {still_open, healthy, closing}
     assert math.isclose(snapshot.loop_lag.mean, 0.0)
+
+
+# ------------------------------------------- the handler's end, reading pauses
+
+
+def test_a_handler_that_returns_closes_with_1000_after_releasing(
+    active: ConnectionLifecycle,
+) -> None:
+    """handler_returned from ACTIVE starts the normal close: DRAINING, channels
+    released, then close 1000, with the application-close cause."""
+    active.subscribe("news")
+    active.handler_returned(1.0)
+    actions = active.take_actions()
+    assert kinds(actions) == [StateChanged, ReleaseChannels]
+    assert active.cause is Cause.APPLICATION_CLOSE
+    active.channels_released(1.0, buffered=0)
+    assert active.take_actions() == [SendClose(1000, "")]
+
+
+def test_a_handler_that_returns_while_closing_adds_nothing(scheduler: Scheduler) -> None:
+    """Once the connection is DRAINING or CLOSED the handler's return changes
+    nothing; before the upgrade there is no handler, so it is misuse."""
+    for state in (DRAINING, CLOSED):
+        lc = in_state(scheduler, state)
+        lc.handler_returned(2.0)
+        assert lc.take_actions() == []
+        assert lc.state is state
+    with pytest.raises(InvalidTransition):
+        in_state(scheduler, OPEN).handler_returned(1.0)
+
+
+def test_a_returning_handler_of_a_lagging_client_sends_the_drift_notice(
+    active: ConnectionLifecycle,
+) -> None:
+    """The normal close of a returned handler is graceful: a client behind on
+    its sequence gets the STATE_DRIFT notice before the close frame."""
+    active.send("a", buffered=0)
+    active.report_client_seq(0.5, 0)
+    active.handler_returned(1.0)
+    active.take_actions()
+    active.channels_released(1.0, buffered=0)
+    assert active.take_actions() == [SendStateDrift(1, 0), SendClose(1000, "")]
+
+
+def test_reading_pauses_only_while_active(scheduler: Scheduler) -> None:
+    """pause_reading takes effect in ACTIVE only: a closing connection must
+    read the peer's close frame; before the upgrade it is misuse."""
+    lc = accept(scheduler)
+    lc.pause_reading(1.0)
+    assert lc.reading_paused
+    assert lc.take_actions() == []
+    lc.resume_reading(1.5)
+    assert not paused_of(lc)
+    for state in (DRAINING, CLOSED):
+        other = in_state(scheduler, state)
+        other.pause_reading(2.0)
+        assert not paused_of(other)
+        other.resume_reading(2.0)
+    with pytest.raises(InvalidTransition):
+        in_state(scheduler, OPEN).pause_reading(1.0)
+    with pytest.raises(InvalidTransition):
+        in_state(scheduler, OPEN).resume_reading(1.0)
+
+
+@pytest.mark.parametrize(
+    "leave",
+    [
+        lambda lc: lc.close(2.0),
+        lambda lc: lc.receive_close(2.0, 1000, ""),
+        lambda lc: lc.handler_failed(2.0, "boom"),
+        lambda lc: lc.terminate(2.0, Cause.SLOW_CONSUMER),
+    ],
+    ids=["close", "peer close", "handler error", "terminate"],
+)
+def test_leaving_active_resumes_reading(
+    active: ConnectionLifecycle, leave: Callable[[ConnectionLifecycle], object]
+) -> None:
+    """Whatever ends ACTIVE, reading is no longer paused afterwards."""
+    active.pause_reading(1.0)
+    leave(active)
+    assert not paused_of(active)
+
+
+def test_the_closing_steps_of_our_close(active: ConnectionLifecycle) -> None:
+    """Our close: RELEASING, then CLOSE_SENT once released, then CLOSED (no
+    step) when the peer's close frame arrives."""
+    active.close(1.0)
+    assert active.closing_step is ClosingStep.RELEASING
+    active.channels_released(1.0, buffered=0)
+    assert step_of(active) is ClosingStep.CLOSE_SENT
+    active.channels_released(1.1, buffered=0)  # a late second acknowledgement
+    assert step_of(active) is ClosingStep.CLOSE_SENT
+    active.receive_close(1.2, 1000, "")
+    assert (state_of(active), step_of(active)) == (CLOSED, None)
+    assert kinds(active.take_actions())[-2:] == [StateChanged, CloseTransport]
+
+
+def test_the_closing_steps_of_the_peers_close(active: ConnectionLifecycle) -> None:
+    """The peer's close: RELEASING_PEER_CLOSED until the channels are released,
+    then our echo goes out and the connection is CLOSED at once."""
+    active.receive_close(1.0, 4001, "bye")
+    assert active.closing_step is ClosingStep.RELEASING_PEER_CLOSED
+    active.receive_close(1.1, 4001, "again")  # nothing follows a close; ignored
+    assert active.closing_step is ClosingStep.RELEASING_PEER_CLOSED
+    active.take_actions()
+    active.channels_released(1.2, buffered=0)
+    assert kinds(active.take_actions()) == [SendClose, StateChanged, CloseTransport]
+    assert (state_of(active), step_of(active)) == (CLOSED, None)
+
+
+def test_a_failed_release_after_the_peers_close_still_completes(
+    active: ConnectionLifecycle,
+) -> None:
+    """The peer closed, then releasing the channels failed: our close goes out
+    with 1011 and the handshake is complete."""
+    active.receive_close(1.0, 1000, "")
+    active.take_actions()
+    active.channel_release_failed(1.1, "broker down")
+    actions = active.take_actions()
+    assert SendClose(1011, "server error during teardown") in actions
+    assert active.state is CLOSED

@@ -1,4 +1,4 @@
-"""The origin policy (DESIGN §6): validator, no-Origin rule, allowlist, same-origin."""
+"""The origin policy (docs/limits.md): validator, no-Origin rule, allowlist, same-origin."""
 
 from __future__ import annotations
 

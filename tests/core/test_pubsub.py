@@ -8,6 +8,7 @@ import pytest
 
 from tests.wire.helpers import parse_server_frames, upgrade_request
 from wslifecycle import Config, ConnectionClosed, MetricsSnapshot, State, TerminationCause
+from wslifecycle.actions import Terminate
 from wslifecycle.broker import InMemoryBroker
 from wslifecycle.hub import Hub
 from wslifecycle.relay import MAX_CHANNEL_LENGTH, handle_relay_message, publish
@@ -25,7 +26,7 @@ def connect(hub: Hub) -> ServerConnection:
     wire = hub.open(0.0)
     wire.receive_data(upgrade_request(), 0.0)
     wire.data_to_send()
-    wire.take_events()
+    wire.take_actions()
     return wire
 
 
@@ -64,7 +65,7 @@ def test_the_in_memory_broker_keeps_join_order_and_forgets_empty_channels() -> N
 
 
 def test_teardown_releases_channels_in_the_broker_before_the_close_frame() -> None:
-    """DESIGN §5: after close, the broker no longer lists the connection."""
+    """After close, the broker no longer lists the connection."""
     hub = make_hub()
     wire = connect(hub)
     hub.subscribe(wire, "news")
@@ -96,17 +97,17 @@ def test_subscribing_a_closing_connection_raises() -> None:
         hub.subscribe(wire, "news")
 
 
-def test_tick_and_drain_pump_the_wires_they_touch() -> None:
-    """tick() and begin_drain() return wires with their bytes ready."""
+def test_the_timer_and_drain_pump_the_wires_they_touch() -> None:
+    """handle_timer() and begin_drain() return wires with their bytes ready."""
     hub = make_hub()
     wire = connect(hub)
     assert hub.connections == [wire]
-    deadline = hub.next_deadline()
-    assert deadline is not None
-    assert hub.tick(deadline) == [wire]
+    wakeup = hub.next_wakeup()
+    assert wakeup is not None
+    work = hub.handle_timer(wakeup)
+    assert (work.flush, work.reset, work.alerts) == ([wire], [], [])
     assert parse_server_frames(wire.data_to_send())[0].opcode == 0x9
-    assert hub.take_alerts() == []
-    assert hub.begin_drain(deadline) == [wire]
+    assert hub.begin_drain(wakeup) == [wire]
     assert hub.draining
     assert not hub.drained
     assert parse_server_frames(wire.data_to_send())[-1].close_code == 1001
@@ -153,7 +154,7 @@ def test_publish_reaches_every_subscriber_with_its_own_sequence_number() -> None
 
 
 def test_a_slow_subscriber_is_skipped_not_blocked() -> None:
-    """DESIGN §6: a member whose write buffer is at the guard misses the
+    """A member whose write buffer is at the guard misses the
     (non-critical) channel message; the others get it."""
     hub = make_hub(write_buffer_guard=1000)
     fast, slow = connect(hub), connect(hub)
@@ -211,7 +212,7 @@ def test_an_ack_that_lags_produces_a_state_drift_notice() -> None:
 
 
 def test_a_peer_that_stops_reading_is_terminated_as_a_slow_consumer() -> None:
-    """Slow-consumer policy (DESIGN §6): non-critical sends are skipped at the
+    """Slow-consumer policy (docs/limits.md): non-critical sends are skipped at the
     guard; any send that finds max_write_buffer unwritten terminates."""
     hub = make_hub(write_buffer_guard=1000, max_write_buffer=4000)
     wire = connect(hub)
@@ -252,16 +253,16 @@ def test_a_graceful_close_that_cannot_flush_is_bounded() -> None:
     first, second = connect(hub), connect(hub)
     hub.closing(first, 0.0)
     hub.closing(second, 0.25)
-    assert hub.next_deadline() == 0.5  # before any heartbeat (10 s interval)
-    assert hub.expired_closes(0.4) == []
-    assert hub.expired_closes(0.5) == [first]
-    assert hub.expired_closes(5.0) == [second]
-    assert hub.expired_closes(9.0) == []
+    assert hub.next_wakeup() == 0.5  # before any heartbeat (10 s interval)
+    assert hub.handle_timer(0.4).reset == []
+    assert hub.handle_timer(0.5).reset == [first]
+    assert hub.handle_timer(5.0).reset == [second]
+    assert hub.handle_timer(9.0).reset == []
     late = make_hub(close_timeout=30.0)
     wire = connect(late)
-    heartbeat = late.next_deadline()
+    heartbeat = late.next_wakeup()
     late.closing(wire, 0.0)
-    assert late.next_deadline() == heartbeat
+    assert late.next_wakeup() == heartbeat
 
 
 def test_a_handler_stalled_past_the_bound_gets_1013() -> None:
@@ -271,27 +272,27 @@ def test_a_handler_stalled_past_the_bound_gets_1013() -> None:
     hub = make_hub(max_missed_pongs=2)
     wire = connect(hub)
     lifecycle = wire.lifecycle
-    lifecycle.reading_paused = True
+    lifecycle.pause_reading(0.0)
     slot = lifecycle.deadline
     assert slot is not None
     for _ in range(2):
-        hub.tick(slot)
+        hub.handle_timer(slot)
         slot = lifecycle.deadline
         assert slot is not None
-    lifecycle.reading_paused = False
-    hub.tick(slot)  # resumed: the count starts again
-    lifecycle.reading_paused = True
+    lifecycle.resume_reading(slot)
+    hub.handle_timer(slot)  # resumed: the count starts again
+    lifecycle.pause_reading(slot)
     for _ in range(2):
         slot = lifecycle.deadline
         assert slot is not None
-        hub.tick(slot)
+        hub.handle_timer(slot)
     slot = lifecycle.deadline
     assert slot is not None
     lifecycle.handle_timer(slot + 100.0, stalled=True)  # a loop stall: not counted
     assert lifecycle.state is State.ACTIVE
     slot = lifecycle.deadline
     assert slot is not None
-    hub.tick(slot)
+    hub.handle_timer(slot)
     assert lifecycle.cause is TerminationCause.HANDLER_STALLED
     frames = parse_server_frames(wire.data_to_send())
     assert [f.close_code for f in frames if f.opcode == 0x8] == [1013]
@@ -308,9 +309,8 @@ def test_the_hub_does_not_keep_a_closed_wire_alive() -> None:
     wire.pump(0.0)
     hub.closing(wire, 0.0)
     del wire
-    hub.scheduler.tick(100.0)  # its stale heartbeat entry surfaces and goes
     gc.collect()
-    assert hub.expired_closes(1.0) == []
+    assert hub.handle_timer(100.0).reset == []  # its stale heartbeat entry goes too
 
 
 def test_changes_count_what_can_move_the_next_deadline() -> None:
@@ -325,3 +325,28 @@ def test_changes_count_what_can_move_the_next_deadline() -> None:
     assert hub.changes == settled
     hub.closing(wire, 1.0)
     assert hub.changes == settled + 1
+
+
+def test_stop_terminates_what_is_open_and_releases_its_channels_first() -> None:
+    """A server that stops undrained: every open connection is terminated
+    (cause server_stopped) after leaving its channels; the hub forgets it."""
+    hub = make_hub()
+    subscriber, idle = connect(hub), connect(hub)
+    hub.subscribe(subscriber, "news")
+    assert sorted(w.id for w in hub.stop(1.0)) == sorted([subscriber.id, idle.id])
+    assert hub.members("news") == []
+    assert hub.broker.members("news") == []
+    assert hub.connections == []
+    for wire in (subscriber, idle):
+        assert wire.lifecycle.cause is TerminationCause.SERVER_STOPPED
+        assert isinstance(wire.take_actions()[-1], Terminate)
+    assert hub.stop(2.0) == []
+
+
+def test_the_hub_forgets_a_wire_when_it_closes() -> None:
+    """Closed connections leave the hub's books (no wire is kept for ever)."""
+    hub = make_hub()
+    wires = [connect(hub) for _ in range(3)]
+    wires[1].receive_eof(1.0)
+    assert hub.connections == [wires[0], wires[2]]
+    assert len(hub._wires) == 2

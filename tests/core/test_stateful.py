@@ -291,6 +291,31 @@ class LifecycleMachine(RuleBasedStateMachine):
         lifecycle.handler_failed(self.clock.now, "boom")
         self.collect(lifecycle)
 
+    @rule(lifecycle=conns)
+    def handler_returns(self, lifecycle: ConnectionLifecycle) -> None:
+        if lifecycle.state is State.OPEN:
+            with pytest.raises(InvalidTransition):
+                lifecycle.handler_returned(self.clock.now)
+            return
+        was_active = lifecycle.state is State.ACTIVE
+        lifecycle.handler_returned(self.clock.now)
+        if was_active:
+            assert lifecycle.state is State.DRAINING
+            assert lifecycle.cause is TerminationCause.APPLICATION_CLOSE
+        self.collect(lifecycle)
+
+    @rule(lifecycle=conns, pause=st.booleans())
+    def handler_falls_behind_or_catches_up(
+        self, lifecycle: ConnectionLifecycle, pause: bool
+    ) -> None:
+        step = lifecycle.pause_reading if pause else lifecycle.resume_reading
+        if lifecycle.state is State.OPEN:
+            with pytest.raises(InvalidTransition):
+                step(self.clock.now)
+            return
+        step(self.clock.now)
+        assert not self.collect(lifecycle), "pausing or resuming reading emits nothing"
+
     @rule(lifecycle=conns, ok=st.booleans(), buffered=st.integers(0, 2 * 1024 * 1024))
     def driver_releases_channels(
         self, lifecycle: ConnectionLifecycle, ok: bool, buffered: int
@@ -355,6 +380,20 @@ class LifecycleMachine(RuleBasedStateMachine):
         for state in (State.OPEN, State.ACTIVE, State.DRAINING):
             assert counts[state] == sum(1 for lc in live if lc.state is state)
         assert counts[State.CLOSED] == sum(1 for m in self.models.values() if m.closed)
+
+    @invariant()
+    def reading_pauses_only_while_active_and_closing_steps_only_while_draining(
+        self,
+    ) -> None:
+        """Reading is paused only on an ACTIVE connection (a closing one must
+        read the peer's close frame), and only a DRAINING connection has a
+        closing step."""
+        if not hasattr(self, "scheduler"):
+            return
+        for lifecycle in self.scheduler.connections:
+            if lifecycle.reading_paused:
+                assert lifecycle.state is State.ACTIVE
+            assert (lifecycle.closing_step is not None) == (lifecycle.state is State.DRAINING)
 
     @invariant()
     def draining_refuses_new_work(self) -> None:

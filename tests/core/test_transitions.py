@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from wslifecycle import Input, InvalidTransition, LifecycleError, State
-from wslifecycle.transitions import TRANSITIONS, next_state
+from wslifecycle import ClosingStep, Input, InvalidTransition, LifecycleError, State
+from wslifecycle.transitions import CLOSING_STEPS, TRANSITIONS, next_closing_step, next_state
 
 
 def test_rank_orders_the_states() -> None:
@@ -55,6 +55,7 @@ def test_graceful_inputs_from_active_lead_to_draining() -> None:
         Input.HANDLER_ERROR,
         Input.PROTOCOL_ERROR,
         Input.DRAIN,
+        Input.HANDLER_RETURNED,
     ):
         assert next_state(State.ACTIVE, input_) is State.DRAINING
     for input_ in (Input.HEARTBEAT_TIMEOUT, Input.TERMINATE, Input.TRANSPORT_LOST):
@@ -88,3 +89,49 @@ def test_known_missing_pairs() -> None:
     assert (State.DRAINING, Input.SEND) in MISSING
     assert (State.CLOSED, Input.UPGRADE_ACCEPTED) in MISSING
     assert (State.ACTIVE, Input.CHANNELS_RELEASED) in MISSING
+
+
+def test_reading_pauses_and_resumes_without_leaving_a_state() -> None:
+    """Pausing or resuming reading never moves a connection (OPEN: misuse)."""
+    for input_ in (Input.READING_PAUSED, Input.READING_RESUMED):
+        for state in (State.ACTIVE, State.DRAINING, State.CLOSED):
+            assert next_state(state, input_) is state
+        assert (State.OPEN, input_) in MISSING
+
+
+# ------------------------------------------------------- DRAINING's own steps
+
+STEP_ORDER = list(ClosingStep)
+
+
+@pytest.mark.parametrize(("pair", "target"), list(CLOSING_STEPS.items()), ids=str)
+def test_closing_steps_only_go_forwards(
+    pair: tuple[ClosingStep, Input], target: ClosingStep
+) -> None:
+    """Every closing step leads to itself or a later step (the enum's order)."""
+    step, _ = pair
+    assert STEP_ORDER.index(target) >= STEP_ORDER.index(step)
+    assert next_closing_step(*pair) is target
+
+
+def test_every_closing_step_is_reached_and_complete_is_terminal() -> None:
+    """Each step but the first is some row's target; COMPLETE has no row of its own."""
+    targets = set(CLOSING_STEPS.values())
+    assert targets == set(ClosingStep) - {ClosingStep.RELEASING}
+    assert ClosingStep.COMPLETE not in {step for step, _ in CLOSING_STEPS}
+
+
+def test_our_close_and_the_peers_close_both_complete() -> None:
+    """Released then peer close, or peer close then released: both end COMPLETE."""
+    step = next_closing_step(ClosingStep.RELEASING, Input.CHANNELS_RELEASED)
+    assert next_closing_step(step, Input.PEER_CLOSE) is ClosingStep.COMPLETE
+    step = next_closing_step(ClosingStep.RELEASING, Input.PEER_CLOSE)
+    assert next_closing_step(step, Input.CHANNELS_RELEASED) is ClosingStep.COMPLETE
+
+
+def test_a_closing_step_missing_from_its_table_raises() -> None:
+    """Inputs that do not move DRAINING along, and anything after COMPLETE, raise."""
+    with pytest.raises(InvalidTransition):
+        next_closing_step(ClosingStep.RELEASING, Input.PONG)
+    with pytest.raises(InvalidTransition):
+        next_closing_step(ClosingStep.COMPLETE, Input.PEER_CLOSE)

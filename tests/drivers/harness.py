@@ -37,11 +37,13 @@ class LogWatch(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.lines: list[tuple[float, str]] = []
+        self.records: list[logging.LogRecord] = []
         self._changed = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
         with self._changed:
             self.lines.append((time.monotonic(), record.getMessage()))
+            self.records.append(record)
             self._changed.notify_all()
 
     def wait_for(self, pattern: str, timeout: float, since: int = 0) -> tuple[float, str]:

@@ -33,7 +33,7 @@ from wslifecycle import Config
 
 INTERVAL = 0.3
 MAX_MISSED = 2
-BOUND = (MAX_MISSED + 1) * INTERVAL  # DESIGN §4, before the timer's slack
+BOUND = (MAX_MISSED + 1) * INTERVAL  # docs/theory.md, before the timer's slack
 
 pytestmark = pytest.mark.parametrize("driver", sorted(SERVERS))
 
@@ -61,7 +61,7 @@ def url(server: ServerThread, path: str = "/chat") -> str:
 
 
 def slack(server: ServerThread) -> float:
-    """The scheduler's slack (DESIGN §4): twice the worst timer lateness,
+    """The scheduler's slack (docs/theory.md): twice the worst timer lateness,
     that is the timer-slack grid plus the worst loop lag seen (measured from
     the grid point), plus a little for the test thread to see the log line."""
     lateness = config().effective_timer_slack + server.metrics().loop_lag.maximum
@@ -212,7 +212,7 @@ def _assert_healthy_survive(
 
 
 def test_a_disallowed_origin_gets_403_and_no_upgrade(driver: str, logs: LogWatch) -> None:
-    """DESIGN §6: both clients, with a foreign Origin, get HTTP 403."""
+    """Both clients, with a foreign Origin, get HTTP 403."""
     cfg = config(allow_no_origin=False, allowed_origins=frozenset({"https://app.example.com"}))
     with SERVERS[driver](cfg) as server:
 
@@ -242,7 +242,7 @@ def test_a_disallowed_origin_gets_403_and_no_upgrade(driver: str, logs: LogWatch
 
 
 def test_an_oversized_message_gets_1009(driver: str, logs: LogWatch) -> None:
-    """DESIGN §6: a message over max_message_size is closed with 1009."""
+    """A message over max_message_size is closed with 1009."""
     with SERVERS[driver](config(max_message_size=1024)) as server:
 
         async def python_side() -> int | None:

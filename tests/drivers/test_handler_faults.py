@@ -1,7 +1,8 @@
 """The torture family of handler faults, on every driver: handlers that
-raise, that send after the connection ended, and that are cancelled (or give
-up) in the middle of a close. Each case names what the peer must see; after
-them all, connections, descriptors and tasks or threads are back to baseline.
+raise (logged with the traceback, close 1011), that send after the connection
+ended, and that are cancelled (or give up) in the middle of a close. Each
+case names what the peer must see; after them all, connections, descriptors
+and tasks or threads are back to baseline.
 
 ``send`` never blocks in any driver (it queues and returns), so there is no
 await inside a send to cancel; the cancellation cases are the ones where a
@@ -201,6 +202,10 @@ def test_handler_faults_get_the_right_close_and_leave_nothing_behind(driver: str
         for case in CASES:
             case(server.port, logs)
         _settle(server, fds, workers)
-        assert len(logs.matching("handler failed connection=")) == FAILING
+        failures = [r for r in logs.records if r.getMessage().startswith("handler failed")]
+        assert len(failures) == FAILING
+        for failure in failures:  # each with its traceback
+            assert failure.exc_info is not None
+            assert failure.exc_info[0] is RuntimeError
         assert len(logs.matching("to=draining cause=handler_error")) == 1  # only the first: 1011
         assert logs.matching("cause=close_timeout"), "the unanswered close was not cut"

@@ -6,7 +6,6 @@ driver's one ticker fires at the very deadline the core asked for."""
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -31,7 +30,7 @@ from wslifecycle.drivers import trio as driver
 
 INTERVAL = 30.0
 MAX_MISSED = 2
-BOUND = (MAX_MISSED + 1) * INTERVAL  # DESIGN §4; no timer slack on a mock clock
+BOUND = (MAX_MISSED + 1) * INTERVAL  # docs/theory.md; no timer slack on a mock clock
 
 
 def config(**changes: object) -> Config:
@@ -384,69 +383,7 @@ def test_cancelling_the_server_nursery_closes_every_connection() -> None:
     run(main)
 
 
-# --------------------------------------------------------------- handlers
-
-
-def test_a_handler_that_raises_gets_1011_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """The exception is logged with its traceback; the peer gets close 1011."""
-
-    async def broken(conn: driver.Connection) -> None:
-        async for message in conn:
-            raise ValueError(f"cannot handle {message!r}")
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            server, listener, _ = await start_server(nursery, config(), broken)
-            peer, _ = await open_peer(nursery, listener)
-            await peer.send("boom")
-            await peer.ended.wait()
-            assert peer.close_code == 1011
-            snapshot = server.hub.scheduler.metrics.snapshot()
-            assert snapshot.closed_by_cause == {TerminationCause.HANDLER_ERROR: 1}
-            nursery.cancel_scope.cancel()
-
-    with caplog.at_level(logging.INFO, logger="wslifecycle"):
-        run(main)
-    failures = [r for r in caplog.records if r.getMessage().startswith("handler failed")]
-    assert len(failures) == 1
-    assert failures[0].exc_info is not None
-    assert isinstance(failures[0].exc_info[1], ValueError)
-
-
-def test_a_handler_that_falls_behind_pauses_reading_and_blames_nobody() -> None:
-    """200 messages to a handler that is stuck: reading pauses, the pongs
-    stay unread for five intervals and nobody is terminated; released, the
-    handler answers every message in order."""
-    release = trio.Event()
-
-    async def slow(conn: driver.Connection) -> None:
-        async for message in conn:
-            await release.wait()
-            conn.send(message, critical=True)
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            # max_missed_pongs=7: five paused slots stay under the stalled-handler cap.
-            server, listener, _ = await start_server(nursery, config(max_missed_pongs=7), slow)
-            peer, _ = await open_peer(nursery, listener)
-            for i in range(200):
-                await peer.send(f"m{i}")
-            await trio.sleep(5 * INTERVAL)
-            (conn,) = server.connections
-
-            def paused() -> bool:
-                return conn.wire.lifecycle.reading_paused
-
-            assert paused()
-            assert not server.hub.scheduler.metrics.snapshot().terminations
-            release.set()
-            assert [await peer.messages.receive() for _ in range(200)] == [
-                f"m{i}" for i in range(200)
-            ]
-            assert not paused()
-            nursery.cancel_scope.cancel()
-
-    run(main)
+# ---------------------------------------------------------------- streams
 
 
 def test_serve_stream_serves_any_stream() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
+import weakref
 from collections.abc import Iterable
 
 from wslifecycle import Config, Scheduler
@@ -123,8 +124,12 @@ def split_http(data: bytes) -> tuple[bytes, bytes]:
     return head + sep, rest
 
 
-def released(lifecycle: object, channels: tuple[str, ...]) -> None:
+def released(wire: ServerConnection, channels: tuple[str, ...]) -> None:
     """A release hook for tests: releasing always works."""
+
+
+#: The scheduler each wire made by :func:`new_wire` was opened on.
+_SCHEDULERS: weakref.WeakKeyDictionary[ServerConnection, Scheduler] = weakref.WeakKeyDictionary()
 
 
 def new_wire(
@@ -135,7 +140,22 @@ def new_wire(
     release_channels: ReleaseHook | None = None,
 ) -> ServerConnection:
     scheduler = Scheduler(cfg or config(), seeded_entropy(seed))
-    return ServerConnection(scheduler, 0.0, responder=responder, release_channels=release_channels)
+    wire = ServerConnection(scheduler, 0.0, responder=responder, release_channels=release_channels)
+    _SCHEDULERS[wire] = scheduler
+    return wire
+
+
+def scheduler_of(wire: ServerConnection) -> Scheduler:
+    """The scheduler a wire from :func:`new_wire` or :func:`open_wire` runs on."""
+    return _SCHEDULERS[wire]
+
+
+def take_messages(wire: ServerConnection, now: float = 1.0) -> list[str | bytes]:
+    """Every message waiting in the wire's inbox, oldest first; it empties."""
+    messages: list[str | bytes] = []
+    while (message := wire.take_message(now)) is not None:
+        messages.append(message)
+    return messages
 
 
 _DEFAULT_HOOK: ReleaseHook = released
@@ -144,22 +164,22 @@ _DEFAULT_HOOK: ReleaseHook = released
 def open_wire(
     cfg: Config | None = None, *, release_channels: ReleaseHook | None = _DEFAULT_HOOK
 ) -> ServerConnection:
-    """A wire past its handshake, output and events taken."""
+    """A wire past its handshake, output and actions taken."""
     wire = new_wire(cfg, release_channels=release_channels)
     wire.receive_data(upgrade_request(), 0.0)
     assert wire.data_to_send().startswith(b"HTTP/1.1 101 ")
-    wire.take_events()
+    wire.take_actions()
     return wire
 
 
 def first_probe(wire: ServerConnection) -> tuple[ServerFrame, float]:
     """Run the scheduler to the wire's first heartbeat slot: the one frame
     it wrote (a ping, or the JSON heartbeat) and the slot's time."""
-    scheduler = wire.lifecycle._scheduler
+    scheduler = scheduler_of(wire)
     deadline = scheduler.next_deadline()
     assert deadline is not None
-    for lifecycle in scheduler.tick(deadline):
-        lifecycle.owner.pump(deadline)
+    scheduler.tick(deadline)
+    wire.pump(deadline)
     (probe,) = parse_server_frames(wire.data_to_send())
     return probe, deadline
 
@@ -167,13 +187,17 @@ def first_probe(wire: ServerConnection) -> tuple[ServerFrame, float]:
 @dataclasses.dataclass
 class Outcome:
     written: bytes
-    events: list[Action]
+    actions: list[Action]
+    #: The messages delivered, in order (taken from the inbox after each chunk).
+    messages: list[str | bytes]
 
 
 def feed(wire: ServerConnection, data: bytes, mode: str, now: float = 1.0) -> Outcome:
-    """Feed ``data`` whole, byte by byte, or in 7-byte chunks; collect the result."""
+    """Feed ``data`` whole, byte by byte, or in 7-byte chunks; collect the
+    bytes written, the driver's actions and the messages delivered."""
     written = bytearray()
-    events: list[Action] = []
+    actions: list[Action] = []
+    messages: list[str | bytes] = []
     if mode == "whole":
         chunks = [data]
     elif mode == "bytes":
@@ -183,12 +207,13 @@ def feed(wire: ServerConnection, data: bytes, mode: str, now: float = 1.0) -> Ou
     for chunk in chunks:
         wire.receive_data(chunk, now)
         written += wire.data_to_send()
-        events += wire.take_events()
-    return Outcome(bytes(written), events)
+        actions += wire.take_actions()
+        messages += take_messages(wire, now)
+    return Outcome(bytes(written), actions, messages)
 
 
 MODES = ["whole", "bytes", "chunks"]
 
 
-def without_ids(events: list[Action]) -> list[object]:
-    return [(type(e).__name__, e.current) if isinstance(e, StateChanged) else e for e in events]
+def without_ids(actions: list[Action]) -> list[object]:
+    return [(type(a).__name__, a.current) if isinstance(a, StateChanged) else a for a in actions]

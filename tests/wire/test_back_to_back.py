@@ -17,7 +17,7 @@ from wsproto.events import (
 
 from tests.wire.helpers import config
 from wslifecycle import Config, Scheduler, State, TerminationCause
-from wslifecycle.actions import Action, DeliverMessage, Terminate
+from wslifecycle.actions import Action, Terminate
 from wslifecycle.testing import FakeClock, seeded_entropy
 from wslifecycle.wire import ServerConnection
 
@@ -32,21 +32,24 @@ class Pipe:
         self.server = ServerConnection(self.scheduler, 0.0, release_channels=self._release)
         self.client = WSConnection(ConnectionType.CLIENT)
         self.client_events: list[Event] = []
-        self.server_events: list[Action] = []
+        self.server_actions: list[Action] = []
+        self.delivered: list[str | bytes] = []  # what the handler took, in order
         self.frozen = False  # a half-open client: nothing crosses either way
         self.answers_pings = True
         self.transport_closed = False
         self.server.receive_data(self.client.send(Request(host="localhost", target="/")), 0.0)
         self.flush()
 
-    def _release(self, lifecycle: object, channels: tuple[str, ...]) -> None:
+    def _release(self, wire: ServerConnection, channels: tuple[str, ...]) -> None:
         for name in channels:
-            self.channels[name].discard(self.server.lifecycle.id)
+            self.channels[name].discard(wire.id)
 
     def flush(self) -> None:
         """Move bytes both ways until nothing is left in flight."""
         while True:
-            self.server_events += self.server.take_events()
+            self.server_actions += self.server.take_actions()
+            while (message := self.server.take_message(self.clock.now)) is not None:
+                self.delivered.append(message)
             down = self.server.data_to_send()
             if self.server.ended:
                 self.transport_closed = True
@@ -72,8 +75,8 @@ class Pipe:
         """Fire the one timer at each deadline up to ``until``."""
         while (deadline := self.scheduler.next_deadline()) is not None and deadline <= until:
             self.clock.advance_to(deadline)
-            for lifecycle in self.scheduler.tick(deadline):
-                lifecycle.owner.pump(deadline)
+            self.scheduler.tick(deadline)
+            self.server.pump(deadline)
             self.flush()
         self.clock.advance_to(max(self.clock.now, until))
 
@@ -84,8 +87,7 @@ def test_messages_flow_both_ways() -> None:
     assert isinstance(pipe.client_events[0], AcceptConnection)
     pipe.client_sends(TextMessage("hello"))
     pipe.client_sends(BytesMessage(b"\x00\xff"))
-    assert DeliverMessage("hello") in pipe.server_events
-    assert DeliverMessage(b"\x00\xff") in pipe.server_events
+    assert pipe.delivered == ["hello", b"\x00\xff"]
     pipe.server.send("welcome", pipe.clock.now)
     pipe.server.send(b"\x01", pipe.clock.now)
     pipe.flush()
@@ -94,7 +96,7 @@ def test_messages_flow_both_ways() -> None:
 
 
 def test_a_client_that_answers_pings_stays_for_many_intervals() -> None:
-    """DESIGN §4: a peer that answers within one interval is never terminated."""
+    """A peer that answers within one interval is never terminated."""
     pipe = Pipe(config(heartbeat_interval=1.0))
     pipe.run_timers(50.0)
     assert pipe.server.lifecycle.state is State.ACTIVE
@@ -104,28 +106,28 @@ def test_a_client_that_answers_pings_stays_for_many_intervals() -> None:
 
 
 def test_a_frozen_client_is_terminated_within_the_bound() -> None:
-    """DESIGN §4: a half-open client (nothing crosses) is terminated, with no
+    """A half-open client (nothing crosses) is terminated, with no
     close frame, by t0 + (max_missed + 1) × interval."""
     pipe = Pipe(config(heartbeat_interval=1.0, max_missed_pongs=2))
     pipe.run_timers(5.0)
     pipe.frozen = True
     t0 = pipe.clock.now
     pipe.run_timers(t0 + 10.0)
-    terminate = [e for e in pipe.server_events if isinstance(e, Terminate)]
+    terminate = [a for a in pipe.server_actions if isinstance(a, Terminate)]
     assert terminate == [Terminate(TerminationCause.HEARTBEAT_TIMEOUT)]
     assert pipe.server.lifecycle.state is State.CLOSED
     assert pipe.transport_closed
 
 
 def test_drain_closes_with_1001_after_releasing_channels() -> None:
-    """DESIGN §5: a drain releases channels, then closes with 1001; the client
+    """A drain releases channels, then closes with 1001; the client
     echoes, and the server closes TCP first."""
     pipe = Pipe(config())
     lifecycle = pipe.server.lifecycle
     pipe.channels["news"] = {lifecycle.id}
     lifecycle.subscribe("news")
-    for drained in pipe.scheduler.begin_drain(pipe.clock.now):
-        drained.owner.pump(pipe.clock.now)
+    pipe.scheduler.begin_drain(pipe.clock.now)
+    pipe.server.pump(pipe.clock.now)
     pipe.flush()
     closes = [e for e in pipe.client_events if isinstance(e, CloseConnection)]
     assert [c.code for c in closes] == [1001]
@@ -147,10 +149,10 @@ def test_a_client_close_is_echoed() -> None:
 
 
 def test_a_client_that_never_answers_our_close_is_terminated() -> None:
-    """DESIGN §5: the closing handshake is bounded by close_timeout, then terminate."""
+    """The closing handshake is bounded by close_timeout, then terminate."""
     pipe = Pipe(config(close_timeout=2.0))
     pipe.frozen = True
     pipe.server.close(pipe.clock.now, 1000)
     pipe.run_timers(pipe.clock.now + 3.0)
-    assert Terminate(TerminationCause.CLOSE_TIMEOUT) in pipe.server_events
+    assert Terminate(TerminationCause.CLOSE_TIMEOUT) in pipe.server_actions
     assert pipe.server.lifecycle.state is State.CLOSED

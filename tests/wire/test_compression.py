@@ -19,7 +19,6 @@ from tests.wire.helpers import (
     upgrade_request,
 )
 from wslifecycle import TerminationCause
-from wslifecycle.actions import DeliverMessage
 from wslifecycle.wire import ServerConnection
 
 OFFER = ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")
@@ -38,12 +37,12 @@ def compressed_wire(**changes: object) -> ServerConnection:
     wire.receive_data(upgrade_request(extra=[OFFER]), 0.0)
     head = wire.data_to_send()
     assert b"\r\nsec-websocket-extensions: permessage-deflate" in head
-    wire.take_events()
+    wire.take_actions()
     return wire
 
 
 def test_compression_is_off_unless_configured() -> None:
-    """DESIGN §6: an offer is ignored by default, and a compressed frame is
+    """An offer is ignored by default, and a compressed frame is
     then a protocol error (RFC 6455 §5.2, RSV1 without an extension)."""
     wire = new_wire(release_channels=released)
     wire.receive_data(upgrade_request(extra=[OFFER]), 0.0)
@@ -66,7 +65,7 @@ def test_compressed_messages_round_trip_with_a_real_client() -> None:
     assert accepted.extensions
     message = "compress me " * 100
     wire.receive_data(client.send(TextMessage(message)), 1.0)
-    assert DeliverMessage(message) in wire.take_events()
+    assert wire.take_message(1.0) == message
     wire.send(message, 1.0)
     out = wire.data_to_send()
     assert len(out) < len(message) // 4  # it really was compressed
@@ -78,7 +77,7 @@ def test_compressed_messages_round_trip_with_a_real_client() -> None:
 
 @pytest.mark.parametrize("fragments", [1, 3])
 def test_a_decompression_bomb_gets_1009_with_memory_bounded(fragments: int) -> None:
-    """DESIGN §6: 16 MiB of zeros deflated to a few KiB must not inflate past
+    """16 MiB of zeros deflated to a few KiB must not inflate past
     the 64 KiB cap: the connection fails with 1009 and the peak allocation
     stays near the cap."""
     wire = compressed_wire(max_message_size=64 * 1024)
@@ -123,3 +122,18 @@ def test_a_data_frame_inside_a_compressed_fragmented_message_is_1002_however_it_
     frames = parse_server_frames(wire.data_to_send())
     assert [f.close_code for f in frames] == [1002]
     assert wire.lifecycle.cause is TerminationCause.PROTOCOL_ERROR
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 16])
+def test_compressed_text_that_fails_gets_the_same_close_however_it_arrives(chunk: int) -> None:
+    """Found by fuzz/frames_fuzz.py: compressed text whose first bytes inflate
+    to invalid UTF-8 and whose later bytes do not inflate at all fails with
+    1007 and one reason, whichever failure the chunking lets zlib meet first."""
+    wire = compressed_wire()
+    valid = deflate("héllo".encode())
+    bad_text = deflate(b"\xff\xfe text that is not UTF-8")
+    data = frame(0x1, bad_text[:6] + b"\xff\xff\xff\xff" + valid, rsv=4)
+    for i in range(0, len(data), chunk):
+        wire.receive_data(data[i : i + chunk], 1.0)
+    frames = parse_server_frames(wire.data_to_send())
+    assert [(f.close_code, f.payload[2:]) for f in frames] == [(1007, b"invalid compressed text")]

@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import struct
 
-from tests.wire.helpers import first_probe, frame, open_wire, parse_server_frames
+from tests.wire.helpers import first_probe, frame, open_wire, parse_server_frames, take_messages
 from wslifecycle import TerminationCause
-from wslifecycle.actions import DeliverMessage
 
 
 def long_form(opcode: int, payload: bytes) -> bytes:
@@ -40,10 +39,7 @@ def test_a_16_bit_length_split_from_its_header_is_read_whole() -> None:
     data = long_form(0x2, b"y" * 300) + frame(0x1, b"next")
     wire.receive_data(data[:3], 1.0)
     wire.receive_data(data[3:], 1.0)
-    assert [e for e in wire.take_events() if isinstance(e, DeliverMessage)] == [
-        DeliverMessage(b"y" * 300),
-        DeliverMessage("next"),
-    ]
+    assert take_messages(wire) == [b"y" * 300, "next"]
 
 
 def test_a_pong_in_pieces_takes_wsproto_and_still_counts() -> None:

@@ -22,7 +22,8 @@ from tests.wire.helpers import (
     without_ids,
 )
 from wslifecycle import Config, State, TerminationCause
-from wslifecycle.actions import CloseTransport, DeliverMessage, Terminate
+from wslifecycle.actions import CloseTransport, ReleaseChannels, Terminate
+from wslifecycle.wire import ServerConnection
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
@@ -38,7 +39,7 @@ def closes_with(data: bytes, mode: str, cfg: Config | None = None) -> tuple[int 
 
 
 def test_every_mode_gives_the_same_result() -> None:
-    """Whole, byte by byte, or in chunks: the same bytes and the same events."""
+    """Whole, byte by byte, or in chunks: the same bytes, actions and messages."""
     data = (
         text("one")
         + frame(OP_TEXT, b"fr", fin=False)
@@ -52,13 +53,10 @@ def test_every_mode_gives_the_same_result() -> None:
     for mode in MODES:
         wire = open_wire()
         outcome = feed(wire, data, mode)
-        outcomes.append((outcome.written, without_ids(outcome.events)))
+        outcomes.append((outcome.written, without_ids(outcome.actions), outcome.messages))
     assert outcomes[0] == outcomes[1] == outcomes[2]
-    written, events = outcomes[0]
-    assert DeliverMessage("one") in events
-    assert DeliverMessage("frag") in events
-    assert DeliverMessage(b"\x00\x01") in events
-    assert DeliverMessage("after close") not in events
+    written, _, messages = outcomes[0]
+    assert messages == ["one", "frag", b"\x00\x01"]  # in order; "after close" is not
     assert [f.opcode for f in parse_server_frames(written)] == [OP_PONG, OP_CLOSE]
 
 
@@ -77,7 +75,7 @@ def test_a_message_at_the_cap_is_delivered(mode: str) -> None:
     """The cap is inclusive: exactly max_message_size bytes pass."""
     wire = open_wire(config(max_message_size=100))
     outcome = feed(wire, frame(OP_BINARY, b"a" * 50, fin=False) + frame(OP_CONT, b"b" * 50), mode)
-    assert DeliverMessage(b"a" * 50 + b"b" * 50) in outcome.events
+    assert outcome.messages == [b"a" * 50 + b"b" * 50]
 
 
 def test_a_header_claiming_a_huge_length_fails_before_any_payload() -> None:
@@ -118,7 +116,7 @@ def test_valid_utf8_split_inside_a_character_is_delivered(mode: str) -> None:
     """RFC 6455 §5.6: fragment boundaries may fall inside a UTF-8 character."""
     euro = "€".encode()
     data = frame(OP_TEXT, euro[:1], fin=False) + frame(OP_CONT, euro[1:])
-    assert DeliverMessage("€") in feed(open_wire(), data, mode).events
+    assert feed(open_wire(), data, mode).messages == ["€"]
 
 
 @pytest.mark.parametrize(
@@ -155,7 +153,7 @@ def test_a_valid_peer_close_code_is_echoed(code: int) -> None:
     outcome = feed(wire, close_frame(code, b"bye"), "whole")
     frames = parse_server_frames(outcome.written)
     assert [(f.opcode, f.close_code) for f in frames] == [(OP_CLOSE, code)]
-    assert isinstance(outcome.events[-1], CloseTransport)
+    assert isinstance(outcome.actions[-1], CloseTransport)
     assert wire.lifecycle.cause is TerminationCause.PEER_CLOSE
 
 
@@ -190,7 +188,7 @@ def test_pings_are_answered_with_the_same_payload(mode: str) -> None:
     outcome = feed(open_wire(), data, mode)
     frames = parse_server_frames(outcome.written)
     assert [(f.opcode, f.payload) for f in frames] == [(OP_PONG, b"abc")]
-    assert DeliverMessage("ab") in outcome.events
+    assert outcome.messages == ["ab"]
 
 
 def test_pings_after_our_close_are_not_answered() -> None:
@@ -204,7 +202,7 @@ def test_pings_after_our_close_are_not_answered() -> None:
 
 
 def test_a_pong_resets_the_heartbeat_and_yields_an_rtt() -> None:
-    """DESIGN §4: pings from the lifecycle become ping frames; the pong that
+    """Pings from the lifecycle become ping frames; the pong that
     answers one resets the missed count and gives a round-trip time."""
     wire = open_wire()
     ping, deadline = first_probe(wire)
@@ -216,7 +214,7 @@ def test_a_pong_resets_the_heartbeat_and_yields_an_rtt() -> None:
 
 
 def test_the_app_heartbeat_goes_out_as_text_and_its_echo_is_not_delivered() -> None:
-    """DESIGN §4: the JSON heartbeat is a text message; its echo is consumed."""
+    """The JSON heartbeat is a text message; its echo is consumed."""
     from wslifecycle import HeartbeatMode
 
     wire = open_wire(config(heartbeat_mode=HeartbeatMode.APPLICATION))
@@ -224,7 +222,8 @@ def test_the_app_heartbeat_goes_out_as_text_and_its_echo_is_not_delivered() -> N
     assert heartbeat.opcode == OP_TEXT
     assert b'"type":"heartbeat"' in heartbeat.payload
     wire.receive_data(frame(OP_TEXT, heartbeat.payload), deadline + 0.1)
-    assert not [e for e in wire.take_events() if isinstance(e, DeliverMessage)]
+    assert wire.take_message(deadline + 0.1) is None
+    assert wire.messages_waiting == 0
     assert wire.lifecycle.missed_echoes == 0
 
 
@@ -235,12 +234,13 @@ def test_eof_ends_the_connection_and_nothing_more_is_written() -> None:
     wire.receive_data(frame(OP_PING, b"x"), 1.0)  # a pong is pending
     wire.receive_eof(1.1)
     assert wire.data_to_send() == b""
-    assert isinstance(wire.take_events()[-1], CloseTransport)
+    assert isinstance(wire.take_actions()[-1], CloseTransport)
     assert wire.lifecycle.cause is TerminationCause.TRANSPORT_LOST
     wire.receive_data(text("late"), 1.2)
     wire.receive_eof(1.3)
     assert wire.data_to_send() == b""
-    assert wire.take_events() == []
+    assert wire.take_actions() == []
+    assert wire.take_message(1.3) is None
 
 
 def test_terminate_drops_unwritten_output() -> None:
@@ -248,18 +248,17 @@ def test_terminate_drops_unwritten_output() -> None:
     not yet written are discarded and nothing follows."""
     wire = open_wire()
     wire.send("queued", 1.0)
-    wire.lifecycle.terminate(1.0, TerminationCause.SLOW_CONSUMER)
-    wire.pump(1.0)
+    wire.terminate(1.0, TerminationCause.SLOW_CONSUMER)
     assert wire.data_to_send() == b""
-    assert isinstance(wire.take_events()[-1], Terminate)
+    assert isinstance(wire.take_actions()[-1], Terminate)
     wire.receive_data(text("x"), 1.1)
     assert wire.data_to_send() == b""
 
 
 def test_release_failure_closes_with_1011() -> None:
-    """DESIGN §5: if releasing channels raises, the close goes out with 1011."""
+    """If releasing channels raises, the close goes out with 1011."""
 
-    def broken(lifecycle: object, channels: tuple[str, ...]) -> None:
+    def broken(wire: ServerConnection, channels: tuple[str, ...]) -> None:
         raise ConnectionError("broker down")
 
     wire = open_wire(release_channels=broken)
@@ -270,23 +269,40 @@ def test_release_failure_closes_with_1011() -> None:
     assert wire.lifecycle.cause is TerminationCause.TEARDOWN_ERROR
 
 
-def test_without_a_release_hook_the_driver_acknowledges() -> None:
-    """Without a hook, ReleaseChannels reaches the driver, and the close frame
-    follows its acknowledgement, never before it (DESIGN §5)."""
-    from wslifecycle.actions import ReleaseChannels
+def test_the_release_hook_gets_the_wire_and_channels_before_the_close_frame() -> None:
+    """The hook is called with the wire and the channel names while
+    nothing is written yet; the close frame follows the release, never before it."""
+    seen: list[tuple[ServerConnection, tuple[str, ...], int, State]] = []
 
+    def hook(wire: ServerConnection, channels: tuple[str, ...]) -> None:
+        seen.append((wire, channels, wire.buffered, wire.state))
+
+    wire = open_wire(release_channels=hook)
+    wire.lifecycle.subscribe("news")
+    wire.lifecycle.subscribe("alerts")
+    wire.close(1.0, 1000)
+    ((hook_wire, channels, buffered, state),) = seen
+    assert hook_wire is wire
+    assert channels == ("alerts", "news")
+    assert buffered == 0  # the close frame is not written yet
+    assert state is State.DRAINING
+    assert [f.close_code for f in parse_server_frames(wire.data_to_send())] == [1000]
+    assert not [a for a in wire.take_actions() if isinstance(a, ReleaseChannels)]
+
+
+def test_without_a_release_hook_the_wire_acknowledges_and_the_close_goes_out() -> None:
+    """Without a hook there is nothing to release: ReleaseChannels never
+    reaches the driver and the close frame goes out at once."""
     wire = open_wire(release_channels=None)
     wire.lifecycle.subscribe("news")
     wire.close(1.0, 1000)
-    assert wire.data_to_send() == b""
-    assert ReleaseChannels(("news",)) in wire.take_events()
-    wire.lifecycle.channels_released(1.0, buffered=0)
-    wire.pump(1.0)
     assert [f.close_code for f in parse_server_frames(wire.data_to_send())] == [1000]
+    assert not [a for a in wire.take_actions() if isinstance(a, ReleaseChannels)]
+    assert wire.lifecycle.state is State.DRAINING
 
 
 def test_a_state_drift_notice_precedes_the_close_frame() -> None:
-    """DESIGN §5: the client reported a sequence number that differs from the
+    """The client reported a sequence number that differs from the
     server's: STATE_DRIFT goes out before the close frame."""
     wire = open_wire()
     wire.send("m1", 1.0)

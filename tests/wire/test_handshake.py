@@ -13,12 +13,13 @@ from tests.wire.helpers import (
     feed,
     new_wire,
     parse_server_frames,
+    scheduler_of,
     split_http,
     text,
     upgrade_request,
 )
 from wslifecycle import Config, Scheduler, State, TerminationCause
-from wslifecycle.actions import AcceptUpgrade, CloseTransport, DeliverMessage, RejectUpgrade
+from wslifecycle.actions import AcceptUpgrade, CloseTransport, RejectUpgrade
 from wslifecycle.testing import seeded_entropy
 from wslifecycle.wire import HttpRequest, ServerConnection
 
@@ -46,9 +47,9 @@ def status_of(written: bytes) -> int:
 def refuse(request: bytes, mode: str, cfg: Config | None = None) -> tuple[int, bytes]:
     wire = new_wire(cfg)
     outcome = feed(wire, request, mode)
-    rejected = [e for e in outcome.events if isinstance(e, RejectUpgrade)]
+    rejected = [a for a in outcome.actions if isinstance(a, RejectUpgrade)]
     assert len(rejected) == 1
-    assert isinstance(outcome.events[-1], CloseTransport)
+    assert isinstance(outcome.actions[-1], CloseTransport)
     assert wire.lifecycle.state is State.CLOSED
     assert status_of(outcome.written) == rejected[0].status
     assert b"\r\nconnection: close\r\n" in outcome.written
@@ -62,7 +63,7 @@ def test_a_valid_upgrade_is_accepted_with_the_rfc_accept_token(mode: str) -> Non
     outcome = feed(wire, upgrade_request(), mode)
     assert outcome.written.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert f"sec-websocket-accept: {ACCEPT}".encode() in outcome.written
-    assert any(isinstance(e, AcceptUpgrade) for e in outcome.events)
+    assert any(isinstance(a, AcceptUpgrade) for a in outcome.actions)
     assert wire.lifecycle.state is State.ACTIVE
     assert wire.request is not None
     assert wire.request.request.path == "/chat"
@@ -74,7 +75,7 @@ def test_frames_sent_with_the_request_are_not_lost(mode: str) -> None:
     the upgrade (RFC 6455 §4.1 lets the client send once it has sent its head)."""
     wire = new_wire()
     outcome = feed(wire, upgrade_request() + text("early"), mode)
-    assert DeliverMessage("early") in outcome.events
+    assert outcome.messages == ["early"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -174,7 +175,7 @@ def test_a_large_head_gets_431(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_foreign_origin_gets_403_before_the_upgrade(mode: str) -> None:
-    """DESIGN §6 / RFC 6455 §10.2: an Origin that is neither allowed nor the
+    """RFC 6455 §10.2: an Origin that is neither allowed nor the
     Host is refused with 403 and no 101 is ever written."""
     cfg = config(allow_no_origin=False, allowed_origins=frozenset({"https://app.example.com"}))
     request = upgrade_request(extra=[("Origin", "https://evil.example")])
@@ -184,7 +185,7 @@ def test_a_foreign_origin_gets_403_before_the_upgrade(mode: str) -> None:
 
 
 def test_an_allowed_origin_and_the_same_origin_are_accepted() -> None:
-    """DESIGN §6: the allowlist or the request's own Host pass."""
+    """The allowlist or the request's own Host pass."""
     cfg = config(allow_no_origin=False, allowed_origins=frozenset({"https://app.example.com"}))
     for origin in ("https://app.example.com", "http://localhost"):
         wire = new_wire(cfg)
@@ -193,13 +194,13 @@ def test_an_allowed_origin_and_the_same_origin_are_accepted() -> None:
 
 
 def test_no_origin_is_refused_unless_allowed() -> None:
-    """DESIGN §6: a request without Origin passes only with allow_no_origin."""
+    """A request without Origin passes only with allow_no_origin."""
     assert refuse(upgrade_request(), "whole", config(allow_no_origin=False))[0] == 403
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_handshakes_during_drain_get_503(mode: str) -> None:
-    """DESIGN §5: while the server drains, new handshakes get 503."""
+    """While the server drains, new handshakes get 503."""
     scheduler = Scheduler(config(), seeded_entropy(1))
     scheduler.begin_drain(0.0)
     wire = ServerConnection(scheduler, 0.0)  # accepted after the drain began
@@ -209,12 +210,13 @@ def test_handshakes_during_drain_get_503(mode: str) -> None:
 
 
 def test_a_handshake_in_progress_when_the_drain_begins_gets_503() -> None:
-    """DESIGN §5: a connection still in its handshake is refused with 503 as
+    """A connection still in its handshake is refused with 503 as
     soon as the drain begins, without waiting for the rest of its request."""
     wire = new_wire()
+    scheduler = scheduler_of(wire)
     wire.receive_data(upgrade_request()[:30], 0.0)
-    for lifecycle in wire.lifecycle._scheduler.begin_drain(0.5):
-        lifecycle.owner.pump(0.5)
+    scheduler.begin_drain(0.5)
+    wire.pump(0.5)
     assert status_of(wire.data_to_send()) == 503
     wire.receive_data(upgrade_request()[30:], 0.6)  # the rest arrives: ignored
     assert wire.data_to_send() == b""
@@ -234,7 +236,7 @@ def test_the_first_subprotocol_we_speak_is_selected() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_healthz_is_answered_over_http(mode: str) -> None:
-    """DESIGN §2: a plain request is answered over h11 on the same port:
+    """A plain request is answered over h11 on the same port:
     /healthz is 200 while serving and 503 while draining, then closed."""
     request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
     wire = new_wire()
@@ -242,7 +244,7 @@ def test_healthz_is_answered_over_http(mode: str) -> None:
     head, body = split_http(outcome.written)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert body == b"ok\n"
-    assert isinstance(outcome.events[-1], CloseTransport)
+    assert isinstance(outcome.actions[-1], CloseTransport)
     assert wire.lifecycle.cause is TerminationCause.PLAIN_HTTP
 
     scheduler = Scheduler(config(), seeded_entropy(1))
@@ -271,14 +273,14 @@ def test_metrics_and_head_use_the_responder() -> None:
 
 
 def test_the_handshake_deadline_terminates_a_slow_client() -> None:
-    """DESIGN §6: a slowloris that never finishes its head is terminated at
+    """A slowloris that never finishes its head is terminated at
     the handshake timeout, with no response written."""
     wire = new_wire(config(handshake_timeout=2.0))
     wire.receive_data(upgrade_request()[:20], 0.0)
-    scheduler = wire.lifecycle._scheduler
+    scheduler = scheduler_of(wire)
     assert scheduler.next_deadline() == 2.0
-    for lifecycle in scheduler.tick(2.0):
-        lifecycle.owner.pump(2.0)
+    scheduler.tick(2.0)
+    wire.pump(2.0)
     assert wire.lifecycle.cause is TerminationCause.HANDSHAKE_TIMEOUT
     assert wire.data_to_send() == b""
     assert wire.ended
@@ -289,8 +291,20 @@ def test_input_after_a_refusal_is_ignored() -> None:
     wire = new_wire()
     wire.receive_data(b"POST /chat HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
     wire.data_to_send()
-    wire.take_events()
+    wire.take_actions()
     wire.receive_data(b"more", 0.1)
     assert wire.data_to_send() == b""
-    assert wire.take_events() == []
+    assert wire.take_actions() == []
     assert parse_server_frames(b"") == []
+
+
+def test_the_accepted_request_tells_its_path_and_headers() -> None:
+    """A handler reads the upgrade request: the path without the query, and
+    any header by name in any case (None when absent)."""
+    wire = new_wire()
+    wire.receive_data(upgrade_request("/chat?room=7", extra=[("X-Token", "abc")]), 0.0)
+    request = wire.request
+    assert request is not None
+    assert (request.path, request.request.target) == ("/chat", "/chat?room=7")
+    assert request.header("X-Token") == request.header("x-token") == "abc"
+    assert request.header("Cookie") is None

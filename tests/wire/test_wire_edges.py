@@ -11,10 +11,12 @@ from tests.wire.helpers import (
     new_wire,
     open_wire,
     parse_server_frames,
+    take_messages,
     upgrade_request,
 )
-from wslifecycle import State, TerminationCause
-from wslifecycle.actions import CloseTransport, ReleaseChannels, Terminate
+from wslifecycle import AlertKind, State, TerminationCause
+from wslifecycle.actions import Alert, CloseTransport, ReleaseChannels, Terminate
+from wslifecycle.wire import ServerConnection
 from wslifecycle.wire.frames import FrameReader, InboundFailure
 from wslifecycle.wire.http import Refusal, RequestReader
 
@@ -56,34 +58,37 @@ def test_eof_after_the_driver_reported_the_loss_itself() -> None:
     """A driver may call transport_lost on a socket error and then EOF:
     the wire still ends cleanly, once."""
     wire = open_wire()
-    wire.lifecycle.transport_lost(1.0, "ECONNRESET")
+    wire.transport_lost(1.0, "ECONNRESET")
     wire.receive_eof(1.0)
-    events = wire.take_events()
-    assert isinstance(events[-1], CloseTransport)
+    actions = wire.take_actions()
+    assert isinstance(actions[-1], CloseTransport)
+    assert sum(isinstance(a, CloseTransport) for a in actions) == 1
     assert wire.lifecycle.cause is TerminationCause.TRANSPORT_LOST
 
 
 def test_a_release_failure_while_terminating_still_terminates() -> None:
-    """A broken broker during a terminate changes nothing: the socket drops."""
+    """A broken broker during a terminate still drops the socket, and says so
+    in a teardown_failed alert (no close frame can carry a 1011)."""
 
-    def broken(lifecycle: object, channels: tuple[str, ...]) -> None:
+    def broken(wire: ServerConnection, channels: tuple[str, ...]) -> None:
         raise RuntimeError("broker down")
 
     wire = open_wire(config(), release_channels=broken)
     wire.lifecycle.subscribe("news")
-    wire.lifecycle.terminate(1.0, TerminationCause.SLOW_CONSUMER)
-    wire.pump(1.0)
-    assert isinstance(wire.take_events()[-1], Terminate)
+    wire.terminate(1.0, TerminationCause.SLOW_CONSUMER)
+    actions = wire.take_actions()
+    assert isinstance(actions[-1], Terminate)
+    assert Alert(AlertKind.TEARDOWN_FAILED, wire.id, 0.0, "RuntimeError: broker down") in actions
     assert wire.lifecycle.state is State.CLOSED
 
 
 def test_the_release_hook_sees_every_teardown_even_without_channels() -> None:
-    """The hook is called for every graceful teardown; it learns the channels."""
-    seen: list[tuple[str, ...]] = []
-    wire = open_wire(release_channels=lambda lc, channels: seen.append(channels))
+    """The hook is called for every graceful teardown; it learns the wire and the channels."""
+    seen: list[tuple[ServerConnection, tuple[str, ...]]] = []
+    wire = open_wire(release_channels=lambda w, channels: seen.append((w, channels)))
     wire.close(1.0)
-    assert seen == [()]
-    assert ReleaseChannels(()) not in wire.take_events()
+    assert seen == [(wire, ())]
+    assert ReleaseChannels(()) not in wire.take_actions()
 
 
 class Refuses(Extension):
@@ -119,13 +124,11 @@ def test_compressed_and_uncompressed_messages_mix() -> None:
     uncompressed (RSV1 clear); both are delivered, context kept or reset."""
     import zlib
 
-    from wslifecycle.actions import DeliverMessage
-
     offer = ("Sec-WebSocket-Extensions", "permessage-deflate; client_no_context_takeover")
-    wire = new_wire(config(compression=True), release_channels=lambda lc, ch: None)
+    wire = new_wire(config(compression=True), release_channels=lambda w, ch: None)
     wire.receive_data(upgrade_request(extra=[offer]), 0.0)
     assert b"client_no_context_takeover" in wire.data_to_send()
-    wire.take_events()
+    wire.take_actions()
 
     def deflated(data: bytes) -> bytes:
         compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -135,17 +138,15 @@ def test_compressed_and_uncompressed_messages_mix() -> None:
     wire.receive_data(frame(0x1, deflated(b"packed"), rsv=4), 1.0)
     wire.receive_data(frame(0x1, deflated(b"again"), rsv=4), 1.0)  # fresh context
     wire.receive_data(frame(0x1, b"in ", fin=False) + frame(0x0, b"parts"), 1.0)
-    delivered = [e.data for e in wire.take_events() if isinstance(e, DeliverMessage)]
-    assert delivered == ["plain", "packed", "again", "in parts"]
+    assert take_messages(wire) == ["plain", "packed", "again", "in parts"]
     assert parse_server_frames(wire.data_to_send()) == []
 
 
 def test_a_terminated_connection_releases_its_channels_through_the_hook() -> None:
-    """DESIGN §5: channels are released before a terminate too (no ack needed)."""
-    seen: list[tuple[str, ...]] = []
-    wire = open_wire(release_channels=lambda lc, channels: seen.append(channels))
+    """Channels are released before a terminate too (no ack needed)."""
+    seen: list[tuple[ServerConnection, tuple[str, ...]]] = []
+    wire = open_wire(release_channels=lambda w, channels: seen.append((w, channels)))
     wire.lifecycle.subscribe("news")
-    wire.lifecycle.terminate(1.0, TerminationCause.SLOW_CONSUMER)
-    wire.pump(1.0)
-    assert seen == [("news",)]
-    assert isinstance(wire.take_events()[-1], Terminate)
+    wire.terminate(1.0, TerminationCause.SLOW_CONSUMER)
+    assert seen == [(wire, ("news",))]
+    assert isinstance(wire.take_actions()[-1], Terminate)

@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests._hypothesis import examples
-from tests.wire.helpers import MODES, config, feed, frame, new_wire, open_wire, parse_server_frames
+from tests.wire.helpers import (
+    MODES,
+    config,
+    feed,
+    frame,
+    new_wire,
+    open_wire,
+    parse_server_frames,
+    take_messages,
+)
 from wslifecycle import is_sendable
 from wslifecycle.actions import RejectUpgrade
 
@@ -53,7 +62,9 @@ def test_any_bytes_after_a_handshake_are_handled_within_bounds(
         wire.receive_data(chunk, 1.0)
         assert wire.inbound_buffered <= CAP + len(chunk) + 256
         written += wire.data_to_send()
-        wire.take_events()
+        wire.take_actions()
+        for message in take_messages(wire):
+            assert len(message) <= CAP  # characters ≤ bytes for text
     wire.receive_eof(2.0)
     written += wire.data_to_send()
     for sent in parse_server_frames(bytes(written)):
@@ -65,13 +76,13 @@ def test_any_bytes_after_a_handshake_are_handled_within_bounds(
 @given(parts=pieces)
 @settings(max_examples=examples(200))
 def test_feeding_whole_or_byte_by_byte_agrees(parts: list[bytes]) -> None:
-    """The same input gives the same bytes and events whole, byte by byte or
-    in chunks (ping payloads and ids come from the same seeded entropy)."""
+    """The same input gives the same bytes, actions and messages whole, byte
+    by byte or in chunks (ping payloads and ids come from the same seeded entropy)."""
     data = b"".join(parts)
     outcomes = []
     for mode in MODES:
         outcome = feed(open_wire(config(max_message_size=CAP)), data, mode)
-        outcomes.append((outcome.written, outcome.events))
+        outcomes.append((outcome.written, outcome.actions, outcome.messages))
     assert outcomes[0] == outcomes[1] == outcomes[2]
 
 
@@ -103,7 +114,7 @@ def test_any_request_bytes_get_a_verdict_or_wait(head: bytes) -> None:
     cfg = config(max_header_bytes=256, max_request_line=128)
     outcomes = [feed(new_wire(cfg), head, mode) for mode in MODES]
     assert outcomes[0] == outcomes[1] == outcomes[2]
-    statuses = {e.status for e in outcomes[0].events if isinstance(e, RejectUpgrade)}
+    statuses = {a.status for a in outcomes[0].actions if isinstance(a, RejectUpgrade)}
     assert statuses <= {400, 403, 405, 414, 426, 431}
     if statuses:
         assert outcomes[0].written.startswith(b"HTTP/1.1 4")

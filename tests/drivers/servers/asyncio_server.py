@@ -44,10 +44,10 @@ class AsyncioServerThread(ServerThread):
         return self.call(lambda: len(asyncio.all_tasks(self.loop)))
 
     def _id_for_port(self, port: int) -> str | None:
-        for conn in self.server._connections:
-            transport = conn._transport
+        for wire, protocol in self.server._protocols.items():
+            transport = protocol.transport
             if transport is not None and transport.get_extra_info("peername")[1] == port:
-                return conn.id
+                return wire.id
         return None
 
 

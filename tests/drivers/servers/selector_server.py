@@ -51,9 +51,9 @@ class SelectorServerThread(ServerThread):
         return threading.active_count()
 
     def _id_for_port(self, port: int) -> str | None:
-        for transport in self.server._transports:
+        for wire, transport in self.server._transports.items():
             if transport.peer_port == port:
-                return transport.conn.id
+                return wire.id
         return None
 
 

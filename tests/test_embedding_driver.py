@@ -1,6 +1,6 @@
-"""The README's "drive the core from your own event loop" example is real:
-this test takes its code block from README.md, runs it on a loopback socket,
-and talks to it with the websockets client."""
+"""docs/embedding.md's examples are real: this test takes their code blocks
+from the document and runs them: the selectors driver on a loopback socket,
+against the websockets client, and the bare-core loop on its fake clock."""
 
 from __future__ import annotations
 
@@ -11,34 +11,39 @@ import socket
 import threading
 from collections.abc import Callable
 
+import pytest
 import websockets
 
 from wslifecycle import Config
 from wslifecycle.hub import Hub
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-
+DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "embedding.md"
 
 Serve = Callable[[Hub, socket.socket, Callable[[], bool]], None]
 
 
-def readme_driver() -> tuple[Callable[[Config], Hub], Serve]:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Drive the core from your own event loop", 1)[1]
+def code_block(heading: str) -> str:
+    """The first Python block after ``heading`` in docs/embedding.md."""
+    section = DOC.read_text(encoding="utf-8").split(heading, 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert code is not None, "the README lost its driver example"
+    assert code is not None, f"docs/embedding.md lost the code under {heading!r}"
+    return code.group(1)
+
+
+def documented_driver() -> tuple[Callable[[Config], Hub], Serve]:
     namespace: dict[str, object] = {}
-    exec(compile(code.group(1), "README.md", "exec"), namespace)
+    code = code_block("## A complete driver")
+    exec(compile(code, "docs/embedding.md", "exec"), namespace)
     new_hub, serve = namespace["new_hub"], namespace["serve_echo"]
     assert callable(new_hub)
     assert callable(serve)
-    return new_hub, serve
+    return new_hub, serve  # type: ignore[return-value]
 
 
-def test_the_readme_driver_echoes_pings_and_closes() -> None:
-    """The README's driver accepts an upgrade, echoes, pings on the heartbeat
-    (answered by the client), and closes cleanly with 1000."""
-    new_hub, serve = readme_driver()
+def test_the_documented_driver_echoes_pings_and_closes() -> None:
+    """The documented driver accepts an upgrade, echoes, pings on the
+    heartbeat (answered by the client), and closes cleanly with 1000."""
+    new_hub, serve = documented_driver()
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     stopped = threading.Event()
@@ -72,3 +77,12 @@ def test_the_readme_driver_echoes_pings_and_closes() -> None:
     assert snapshot.pings_sent >= 2
     assert snapshot.pongs_received == snapshot.pings_sent
     assert snapshot.messages_received == 3
+
+
+def test_the_documented_bare_core_loop_terminates_a_silent_peer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The bare-core example runs as written: two pings, then a heartbeat
+    timeout within the bound, on a fake clock."""
+    exec(compile(code_block("## The bare core"), "docs/embedding.md", "exec"), {})
+    assert "heartbeat_timeout" in capsys.readouterr().out

@@ -1,0 +1,45 @@
+"""The inbox on its own: a FIFO that says when to pause and when to resume."""
+
+from __future__ import annotations
+
+import pytest
+
+from wslifecycle.inbox import Inbox
+
+
+def test_put_says_pause_exactly_when_the_high_mark_is_reached() -> None:
+    """put answers True on the message that makes the queue reach the high
+    mark, False before and after it."""
+    inbox = Inbox(high_water=3, low_water=1)
+    assert [inbox.put(m) for m in ("a", "b", "c", "d")] == [False, False, True, False]
+    assert len(inbox) == 4
+
+
+def test_take_is_first_in_first_out_and_drained_at_the_low_mark() -> None:
+    """Messages come out oldest first; ``drained`` holds at or below the low mark."""
+    inbox = Inbox(high_water=3, low_water=1)
+    for message in ("a", b"b", "c"):
+        inbox.put(message)
+    assert not inbox.drained
+    assert inbox.take() == "a"
+    assert not inbox.drained
+    assert inbox.take() == b"b"
+    assert inbox.drained
+    assert inbox.take() == "c"
+    assert inbox.take() is None
+
+
+def test_clear_drops_everything_and_counts_it() -> None:
+    """clear empties the queue and says how many messages were dropped."""
+    inbox = Inbox(high_water=2, low_water=0)
+    inbox.put("a")
+    inbox.put("b")
+    assert inbox.clear() == 2
+    assert (len(inbox), inbox.drained, inbox.take()) == (0, True, None)
+
+
+@pytest.mark.parametrize(("high", "low"), [(3, 3), (3, 4), (3, -1), (0, 0)])
+def test_the_marks_must_leave_room_between_them(high: int, low: int) -> None:
+    """0 ≤ low < high, or the inbox would pause and never resume."""
+    with pytest.raises(ValueError, match="low_water < high_water"):
+        Inbox(high_water=high, low_water=low)

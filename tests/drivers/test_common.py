@@ -1,0 +1,39 @@
+"""What the drivers share that is not sans-IO (drivers/_common.py)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+
+from wslifecycle import Metrics
+from wslifecycle.drivers._common import prometheus_exporter, reset_socket
+
+
+def test_without_prometheus_client_metrics_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/metrics without the optional package answers 501 with the pip command."""
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    status, content_type, body = prometheus_exporter()(Metrics().snapshot())
+    assert status == 501
+    assert b"pip install 'wslifecycle[prometheus]'" in body
+    assert content_type.startswith("text/plain")
+
+
+def test_a_reset_socket_closes_with_an_rst() -> None:
+    """After reset_socket, closing one end makes the other end's read fail
+    with a connection reset (not a clean EOF); a closed socket is ignored."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    reset_socket(server)
+    server.close()
+    reset_socket(server)  # closed already: nothing to do
+    reset_socket(None)
+    client.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        client.recv(1)
+    client.close()
+    listener.close()
