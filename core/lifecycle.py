@@ -82,7 +82,6 @@ class ConnectionLifecycle:
         "_paused_slots",
         "_ping_payload",
         "_probe_id",
-        "_reading_paused",
         "_scheduler",
         "cause",
         "client_seq",
@@ -93,6 +92,7 @@ class ConnectionLifecycle:
         "missed_echoes",
         "missed_pongs",
         "opened_at",
+        "reading_paused",
         "seq",
         "state",
     )
@@ -113,7 +113,9 @@ class ConnectionLifecycle:
         #: DRAINING's own step (None in every other state).
         self.closing_step: ClosingStep | None = None
         self._close_plan: _ClosePlan | None = None
-        self._reading_paused = False
+        #: True while the driver must not read this socket: the handler is
+        #: behind (:meth:`pause_reading`). Unread pongs then blame nobody.
+        self.reading_paused = False
         self._actions: list[Action] = []
         self._channels: set[str] | None = None
         self._last_probe_at = -math.inf
@@ -140,12 +142,6 @@ class ConnectionLifecycle:
     def channels(self) -> frozenset[str]:
         """The pub/sub channels the connection is subscribed to."""
         return frozenset(self._channels) if self._channels else frozenset()
-
-    @property
-    def reading_paused(self) -> bool:
-        """True while the driver must not read this socket: the handler is
-        behind (:meth:`pause_reading`). Unread pongs then count against nobody."""
-        return self._reading_paused
 
     @property
     def accepts_sends(self) -> bool:
@@ -416,12 +412,12 @@ class ConnectionLifecycle:
         state = self.state
         next_state(state, Input.READING_PAUSED)  # raises in OPEN
         if state is ACTIVE:
-            self._reading_paused = True
+            self.reading_paused = True
 
     def resume_reading(self, now: float) -> None:
         """The handler caught up: the driver reads the socket again."""
         next_state(self.state, Input.READING_RESUMED)  # raises in OPEN
-        self._reading_paused = False
+        self.reading_paused = False
 
     def drain(self, now: float) -> None:
         """The server is shutting down: refuse a pending upgrade with 503, or
@@ -454,34 +450,34 @@ class ConnectionLifecycle:
         write-buffer guard, then the close frame.
         """
         next_state(self.state, Input.CHANNELS_RELEASED)
-        if not self._releasing():
-            return
-        plan = self._close_plan
-        assert plan is not None  # made with the first closing step
-        scheduler = self._scheduler
-        client_seq = self.client_seq
-        if (
-            plan.drift_notice
-            and client_seq is not None
-            and client_seq != self.seq
-            and buffered < scheduler.config.write_buffer_guard
-        ):
-            scheduler.metrics.state_drift_notices += 1
-            self._actions.append(SendStateDrift(self.seq, client_seq))
-        self._send_close(plan)
-        self._closing(Input.CHANNELS_RELEASED)
+        if self._releasing():
+            plan = self._close_plan
+            assert plan is not None  # made with the first closing step
+            scheduler = self._scheduler
+            client_seq = self.client_seq
+            if (
+                plan.drift_notice
+                and client_seq is not None
+                and client_seq != self.seq
+                and buffered < scheduler.config.write_buffer_guard
+            ):
+                scheduler.metrics.state_drift_notices += 1
+                self._actions.append(SendStateDrift(self.seq, client_seq))
+            self._send_close(plan)
+        if self.state is DRAINING:  # a late acknowledgement changes no step
+            self._closing(Input.CHANNELS_RELEASED)
 
     def channel_release_failed(self, now: float, error: str) -> None:
         """Releasing channels raised: the close goes out with 1011 instead."""
         next_state(self.state, Input.RELEASE_FAILED)
-        if not self._releasing():
-            return
-        self.cause = TerminationCause.TEARDOWN_ERROR
-        self._actions.append(Alert(AlertKind.TEARDOWN_FAILED, self.id, 0.0, error))
-        self._send_close(
-            _ClosePlan(int(CloseCode.INTERNAL_ERROR), "server error during teardown", False)
-        )
-        self._closing(Input.RELEASE_FAILED)
+        if self._releasing():
+            self.cause = TerminationCause.TEARDOWN_ERROR
+            self._actions.append(Alert(AlertKind.TEARDOWN_FAILED, self.id, 0.0, error))
+            self._send_close(
+                _ClosePlan(int(CloseCode.INTERNAL_ERROR), "server error during teardown", False)
+            )
+        if self.state is DRAINING:  # a late failure changes no step
+            self._closing(Input.RELEASE_FAILED)
 
     def terminate(self, now: float, cause: TerminationCause) -> None:
         """Drop the connection at once (RST, no close frame), releasing channels first."""
@@ -532,7 +528,7 @@ class ConnectionLifecycle:
         interval = config.heartbeat_interval
         slot = self.deadline
         assert slot is not None
-        if self._reading_paused:
+        if self.reading_paused:
             # The handler is not taking messages, so the peer cannot be judged;
             # but a handler stuck for as long as a silent peer would be allowed
             # must not hold the connection forever. (A loop stall counts nothing.)
@@ -556,7 +552,7 @@ class ConnectionLifecycle:
             last_probe_at=self._last_probe_at,
             interval=interval,
             max_missed=config.max_missed_pongs,
-            stalled=stalled or self._reading_paused,
+            stalled=stalled or self.reading_paused,
             active_since_due=self._active_since_due,
         )
         if decision is Decision.PROBE:
@@ -675,7 +671,7 @@ class ConnectionLifecycle:
         if cause is not None and self.cause is None:
             self.cause = cause
         if previous is ACTIVE:
-            self._reading_paused = False  # a closing connection reads the peer's close
+            self.reading_paused = False  # a closing connection reads the peer's close
         self.state = state
         counts = self._scheduler.metrics.connections
         counts[previous] -= 1

@@ -32,9 +32,10 @@ rebuilt when stale entries outnumber the live ones.
 
 Heartbeat phases: connection k is probed at times ≡ epoch + frac(k·φ)·interval
 (mod interval), φ the golden ratio conjugate, k counting accepted upgrades
-and the epoch the time of the scheduler's first accepted upgrade. That sequence spreads any run of consecutive
-connections almost evenly over the interval, so a burst of 100,000 accepts
-never becomes a burst of 100,000 pings. Anchoring at the first upgrade
+and the epoch the time of the scheduler's first accepted upgrade. That
+sequence spreads any run of consecutive connections almost evenly over the
+interval, so a burst of 100,000 accepts never becomes a burst of 100,000
+pings. Anchoring at the first upgrade
 (not at the clock's zero) makes runs reproducible whatever the clock reads,
 and puts no connection's first probe earlier than min frac(k·φ)·interval
 after the first accept (≈ 0.0004 × interval for the first 1,000

@@ -37,7 +37,7 @@ def documented_driver() -> tuple[Callable[[Config], Hub], Serve]:
     new_hub, serve = namespace["new_hub"], namespace["serve_echo"]
     assert callable(new_hub)
     assert callable(serve)
-    return new_hub, serve  # type: ignore[return-value]
+    return new_hub, serve
 
 
 def test_the_documented_driver_echoes_pings_and_closes() -> None:

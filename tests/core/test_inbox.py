@@ -20,13 +20,13 @@ def test_take_is_first_in_first_out_and_drained_at_the_low_mark() -> None:
     inbox = Inbox(high_water=3, low_water=1)
     for message in ("a", b"b", "c"):
         inbox.put(message)
-    assert not inbox.drained
-    assert inbox.take() == "a"
-    assert not inbox.drained
-    assert inbox.take() == b"b"
-    assert inbox.drained
-    assert inbox.take() == "c"
-    assert inbox.take() is None
+    drained = []
+    taken = []
+    for _ in range(4):
+        drained.append(inbox.drained)
+        taken.append(inbox.take())
+    assert taken == ["a", b"b", "c", None]
+    assert drained == [False, False, True, True]
 
 
 def test_clear_drops_everything_and_counts_it() -> None:
