@@ -48,8 +48,8 @@ class Inbox:
         return messages.popleft() if messages else None
 
     @property
-    def drained(self) -> bool:
-        """At or below the low mark: the moment to resume reading."""
+    def caught_up(self) -> bool:
+        """At or below the low mark: the handler has caught up, reading may resume."""
         return len(self._messages) <= self.low_water
 
     def clear(self) -> int:

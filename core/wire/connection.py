@@ -281,7 +281,7 @@ class ServerConnection:
             return None
         message = inbox.take()
         lifecycle = self.lifecycle
-        if lifecycle.reading_paused and inbox.drained:
+        if lifecycle.reading_paused and inbox.caught_up:
             lifecycle.resume_reading(now)
         return message
 

@@ -15,18 +15,18 @@ def test_put_says_pause_exactly_when_the_high_mark_is_reached() -> None:
     assert len(inbox) == 4
 
 
-def test_take_is_first_in_first_out_and_drained_at_the_low_mark() -> None:
-    """Messages come out oldest first; ``drained`` holds at or below the low mark."""
+def test_take_is_first_in_first_out_and_caught_up_at_the_low_mark() -> None:
+    """Messages come out oldest first; ``caught_up`` holds at or below the low mark."""
     inbox = Inbox(high_water=3, low_water=1)
     for message in ("a", b"b", "c"):
         inbox.put(message)
-    drained = []
+    caught_up = []
     taken = []
     for _ in range(4):
-        drained.append(inbox.drained)
+        caught_up.append(inbox.caught_up)
         taken.append(inbox.take())
     assert taken == ["a", b"b", "c", None]
-    assert drained == [False, False, True, True]
+    assert caught_up == [False, False, True, True]
 
 
 def test_clear_drops_everything_and_counts_it() -> None:
@@ -35,7 +35,7 @@ def test_clear_drops_everything_and_counts_it() -> None:
     inbox.put("a")
     inbox.put("b")
     assert inbox.clear() == 2
-    assert (len(inbox), inbox.drained, inbox.take()) == (0, True, None)
+    assert (len(inbox), inbox.caught_up, inbox.take()) == (0, True, None)
 
 
 @pytest.mark.parametrize(("high", "low"), [(3, 3), (3, 4), (3, -1), (0, 0)])
