@@ -272,7 +272,7 @@ class ServerBase:
         """SIGTERM: handshakes get 503, connections close with 1001, and what
         is left at the drain deadline is terminated."""
         hub = self.hub
-        log.info("drain begins connections=%d", len(hub.connections))
+        log.info("drain begins connections=%d", len(hub.scheduler))
         for wire in hub.begin_drain(self.now()):
             self.flush(wire)
 

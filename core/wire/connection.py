@@ -102,7 +102,7 @@ ReleaseHook = Callable[["ServerConnection", tuple[str, ...]], None]
 #: Told once when a connection's lifecycle has reached CLOSED.
 ClosedHook = Callable[["ServerConnection"], None]
 
-OPEN, ACTIVE, DRAINING, CLOSED = State.OPEN, State.ACTIVE, State.DRAINING, State.CLOSED
+DRAINING, CLOSED = State.DRAINING, State.CLOSED
 
 
 def health_responder(scheduler: Scheduler) -> PlainResponder:
