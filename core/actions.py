@@ -11,6 +11,7 @@ import dataclasses
 import json
 
 from .causes import AlertKind, TerminationCause
+from .handshake import HandshakeRequest
 from .transitions import State
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Alert",
     "CloseTransport",
     "DeliverMessage",
+    "HandshakeRequested",
     "RejectUpgrade",
     "ReleaseChannels",
     "SendClose",
@@ -36,6 +38,15 @@ class AcceptUpgrade:
     """Complete the HTTP upgrade (101 Switching Protocols)."""
 
     connection_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HandshakeRequested:
+    """The upgrade request passed the origin policy and waits for the
+    handshake hook: answer with ``ServerConnection.answer_upgrade`` (at once
+    or later; the handshake timeout runs meanwhile)."""
+
+    request: HandshakeRequest
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,6 +158,7 @@ class StateChanged:
 
 Action = (
     AcceptUpgrade
+    | HandshakeRequested
     | RejectUpgrade
     | SendPing
     | SendHeartbeat

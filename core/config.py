@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterable
 
 from .exceptions import ConfigError
+from .forwarded import parse_trusted
 
 __all__ = ["Config", "HeartbeatMode", "OriginValidator"]
 
@@ -93,6 +94,10 @@ class Config:
     allow_no_origin: bool = False
     #: Replaces the allowlist check when given (see :data:`OriginValidator`).
     origin_validator: OriginValidator | None = None
+    #: Peers whose ``Forwarded`` / ``X-Forwarded-For`` name the client: IP
+    #: addresses, networks ("10.0.0.0/8"), "unix" (Unix-socket peers) or
+    #: "loopback" (127.0.0.0/8, ::1 and unix). Empty: trust no header.
+    trusted_proxies: frozenset[str] = frozenset()
 
     #: Negotiate permessage-deflate (inflation stays bounded by max_message_size).
     compression: bool = False
@@ -180,6 +185,17 @@ class Config:
         _bool("allow_no_origin", self.allow_no_origin)
         if self.origin_validator is not None and not callable(self.origin_validator):
             raise ConfigError("origin_validator", "must be callable(origin, host) -> bool")
+        proxies: object = self.trusted_proxies
+        if isinstance(proxies, str) or not isinstance(proxies, Iterable):
+            raise ConfigError(
+                "trusted_proxies", f"must be a set of addresses or networks, got {proxies!r}"
+            )
+        entries = frozenset(str(entry).strip() for entry in proxies)
+        try:
+            parse_trusted(entries)
+        except ValueError as error:
+            raise ConfigError("trusted_proxies", str(error)) from None
+        object.__setattr__(self, "trusted_proxies", entries)
         _bool("compression", self.compression)
         protocols: object = self.subprotocols
         if not isinstance(protocols, tuple) or not all(

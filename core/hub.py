@@ -33,6 +33,7 @@ from .broker import Broker, InMemoryBroker
 from .causes import TerminationCause
 from .config import Config
 from .entropy import Entropy
+from .handshake import Address
 from .lifecycle import ConnectionLifecycle
 from .metrics import MetricsSnapshot
 from .scheduler import Scheduler
@@ -64,6 +65,7 @@ class Hub:
 
     __slots__ = (
         "_closing",
+        "_defer_handshake",
         "_health",
         "_metrics_exporter",
         "_unmask",
@@ -80,9 +82,13 @@ class Hub:
         broker: Broker[ServerConnection] | None = None,
         metrics_exporter: MetricsExporter | None = None,
         unmask: Unmask | None = None,
+        defer_handshake: bool = False,
     ) -> None:
         """``unmask``: a faster unmasking function for client frames (the
-        drivers pass websockets' C one when it is installed)."""
+        drivers pass websockets' C one when it is installed).
+        ``defer_handshake``: every wire hands its upgrade request to the
+        caller (``HandshakeRequested``; the drivers run the handshake hook)."""
+        self._defer_handshake = defer_handshake
         self.scheduler = Scheduler(config, entropy)
         self._unmask = unmask
         self.broker: Broker[ServerConnection] = broker or InMemoryBroker()
@@ -101,8 +107,9 @@ class Hub:
 
     # ------------------------------------------------------------ connections
 
-    def open(self, now: float) -> ServerConnection:
-        """A socket was accepted: its wire, in OPEN, handshake deadline armed."""
+    def open(self, now: float, peer_address: Address | None = None) -> ServerConnection:
+        """A socket was accepted (from ``peer_address``): its wire, in OPEN,
+        handshake deadline armed."""
         wire = ServerConnection(
             self.scheduler,
             now,
@@ -110,6 +117,8 @@ class Hub:
             release_channels=self.broker.release,
             on_closed=self._closed,
             unmask=self._unmask,
+            peer_address=peer_address,
+            defer_handshake=self._defer_handshake,
         )
         self._wires[wire.lifecycle] = wire
         return wire

@@ -38,7 +38,7 @@ from .causes import AlertKind, TerminationCause
 from .close_codes import CloseCode, is_sendable, validate_close
 from .exceptions import ConnectionClosed, InvalidCloseCode
 from .heartbeat import Decision, decide, heartbeat_echo_id, heartbeat_text
-from .origin import origin_allowed
+from .origin import origin_refusal
 from .transitions import ClosingStep, Input, State, next_closing_step, next_state
 
 if TYPE_CHECKING:
@@ -152,19 +152,33 @@ class ConnectionLifecycle:
     # ---------------------------------------------------------------- handshake
 
     def request_upgrade(self, now: float, *, origin: str | None, host: str | None) -> bool:
-        """A well-formed upgrade request arrived. Returns whether it is accepted.
+        """A well-formed upgrade request arrived and nobody else judges it:
+        :meth:`screen_upgrade`, then :meth:`accept_upgrade`. Returns whether
+        it is accepted."""
+        return self.screen_upgrade(now, origin=origin, host=host) and self.accept_upgrade(now)
 
-        Refused with HTTP 503 while the server drains, 403 when the origin
-        policy says no, and 503 when ``max_connections`` are ACTIVE or
-        DRAINING (all before any upgrade); accepted otherwise.
-        """
+    def screen_upgrade(self, now: float, *, origin: str | None, host: str | None) -> bool:
+        """The first step of every handshake. Refused with HTTP 503 while the
+        server drains and 403 when the origin policy says no (its body says
+        why); otherwise the request may go to the handshake hook and the
+        connection stays OPEN, its handshake deadline running. Returns
+        whether it passed."""
+        next_state(self.state, Input.UPGRADE_ACCEPTED)  # raises once past OPEN
         scheduler = self._scheduler
         if scheduler.draining:
             self._reject(now, 503, "server is shutting down", TerminationCause.SERVER_DRAINING)
             return False
-        if not origin_allowed(scheduler.config, origin, host):
-            self._reject(now, 403, "origin not allowed", TerminationCause.ORIGIN_REJECTED)
+        refusal = origin_refusal(scheduler.config, origin, host)
+        if refusal is not None:
+            self._reject(now, 403, refusal, TerminationCause.ORIGIN_REJECTED)
             return False
+        return True
+
+    def accept_upgrade(self, now: float) -> bool:
+        """The handshake hook accepted (or there is none): ACTIVE, unless
+        ``max_connections`` are ACTIVE or DRAINING (HTTP 503). Returns
+        whether it is accepted."""
+        scheduler = self._scheduler
         limit = scheduler.config.max_connections
         if limit is not None:
             counts = scheduler.metrics.connections
@@ -178,9 +192,10 @@ class ConnectionLifecycle:
         return True
 
     def reject_upgrade(self, now: float, status: int, reason: str) -> None:
-        """The wire refused the request itself (400, 405, 426, 431, ...)."""
-        if not 400 <= status <= 599:
-            raise ValueError(f"an upgrade refusal needs an HTTP error status, got {status}")
+        """The wire, or the handshake hook, refused the request (400, 401,
+        405, 426, 431, a redirect, ...)."""
+        if isinstance(status, bool) or not isinstance(status, int) or not 300 <= status <= 599:
+            raise ValueError(f"an upgrade refusal needs an HTTP status 300-599, got {status!r}")
         self._reject(now, status, reason, TerminationCause.HANDSHAKE_REJECTED)
 
     def serve_plain_http(self, now: float) -> None:

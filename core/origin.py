@@ -11,28 +11,46 @@ must be checked before the upgrade. The rule, in order:
    (same-origin), default ports (80 for http/ws, 443 for https/wss) ignored.
 
 Anything else (``null``, a malformed value, another site) is refused with
-HTTP 403 before the upgrade.
+HTTP 403 before the upgrade, and the body says why and what to change. The
+policy is the first step of every handshake: the handshake hook
+(``handshake.py``) only sees requests that passed it.
 """
 
 from __future__ import annotations
 
 from .config import Config
 
-__all__ = ["origin_allowed"]
+__all__ = ["origin_allowed", "origin_refusal"]
 
 _DEFAULT_PORTS = {"http": "80", "ws": "80", "https": "443", "wss": "443"}
 
 
 def origin_allowed(config: Config, origin: str | None, host: str | None) -> bool:
     """Whether a request with this Origin and Host header passes the policy."""
+    return origin_refusal(config, origin, host) is None
+
+
+def origin_refusal(config: Config, origin: str | None, host: str | None) -> str | None:
+    """Why a request with this Origin and Host is refused (None: it passes),
+    in words that tell the operator what to change."""
     if config.origin_validator is not None:
-        return bool(config.origin_validator(origin, host))
+        if config.origin_validator(origin, host):
+            return None
+        return "Origin refused by origin_validator"
     if origin is None:
-        return config.allow_no_origin
+        if config.allow_no_origin:
+            return None
+        return "Origin missing: pass --allow-no-origin or allowed_origins"
     normalised = origin.strip().rstrip("/").lower()
     if normalised in config.allowed_origins:
-        return True
-    return host is not None and _same_origin(normalised, host.strip().lower())
+        return None
+    if host is not None and _same_origin(normalised, host.strip().lower()):
+        return None
+    shown = origin if len(origin) <= 100 else origin[:100] + "..."
+    return (
+        f"Origin {shown!r} not allowed: it is not the Host's origin;"
+        " add it with --allow-origin or allowed_origins"
+    )
 
 
 def _same_origin(origin: str, host: str) -> bool:

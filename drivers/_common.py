@@ -32,14 +32,16 @@ from wslifecycle.actions import (
     AcceptUpgrade,
     Alert,
     CloseTransport,
+    HandshakeRequested,
     RejectUpgrade,
     StateChanged,
     Terminate,
 )
 from wslifecycle.broker import Broker
+from wslifecycle.handshake import Accept, Address, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
 from wslifecycle.relay import handle_relay_message, publish
-from wslifecycle.wire import HttpReply, ServerConnection, UpgradeRequest
+from wslifecycle.wire import HttpReply, ServerConnection
 from wslifecycle.wire.mask import Unmask
 
 __all__ = [
@@ -49,11 +51,13 @@ __all__ = [
     "HubOptions",
     "ServerBase",
     "TransportOps",
+    "answer_handshake",
     "carry_out",
     "default_entropy",
     "driver_hub",
     "fast_unmask",
     "log",
+    "peer_address",
     "prometheus_exporter",
     "reset_socket",
 ]
@@ -82,15 +86,17 @@ class HubOptions(TypedDict, total=False):
     broker: Broker[ServerConnection] | None
 
 
-def driver_hub(**options: Unpack[HubOptions]) -> Hub:
+def driver_hub(*, defer_handshake: bool = False, **options: Unpack[HubOptions]) -> Hub:
     """The hub a driver's ``serve`` runs: the options given, OS entropy
-    unless given, the Prometheus exposition and C unmasking when installed."""
+    unless given, the Prometheus exposition and C unmasking when installed.
+    ``defer_handshake``: the driver runs a handshake hook (``process_request``)."""
     return Hub(
         options.get("config") or Config(),
         options.get("entropy") or default_entropy(),
         broker=options.get("broker"),
         metrics_exporter=prometheus_exporter(),
         unmask=fast_unmask(),
+        defer_handshake=defer_handshake,
     )
 
 
@@ -150,6 +156,10 @@ class TransportOps(Protocol):
     def abort(self) -> None:
         """Drop the socket now (RST); forget what is queued."""
 
+    def handshake(self, request: HandshakeRequest) -> None:
+        """Run the handshake hook on ``request``; its answer goes to
+        :func:`answer_handshake` (now or later)."""
+
     def accepted(self) -> None:
         """The upgrade is done: start the handler if it runs per connection."""
 
@@ -174,6 +184,8 @@ def carry_out(wire: ServerConnection, ops: TransportOps) -> None:
             log_transition(action)
             if action.current is State.CLOSED:
                 ops.closed()
+        elif isinstance(action, HandshakeRequested):
+            ops.handshake(action.request)
         elif isinstance(action, AcceptUpgrade):
             ops.accepted()
         elif isinstance(action, CloseTransport):
@@ -190,6 +202,34 @@ def carry_out(wire: ServerConnection, ops: TransportOps) -> None:
     if wire.messages_waiting:
         ops.messages_waiting()
     ops.sync_reading(wire.reading_paused)
+
+
+def answer_handshake(wire: ServerConnection, now: float, answer: object) -> None:
+    """Give the hook's answer to the wire. A hook that raised (``answer`` is
+    the exception) or gave something unusable gets HTTP 500, logged with the
+    reason; the peer learns only that the server failed."""
+    if isinstance(answer, BaseException):
+        log.error(
+            "handshake hook failed connection=%s",
+            wire.id,
+            exc_info=(type(answer), answer, answer.__traceback__),
+        )
+        wire.answer_upgrade(now, Reject(500, "internal error in the handshake hook\n"))
+        return
+    if answer is not None and not isinstance(answer, Accept | Reject):
+        log.error(
+            "handshake hook failed connection=%s: it returned %r; return Accept(...),"
+            " Reject(status, body) or None",
+            wire.id,
+            answer,
+        )
+        wire.answer_upgrade(now, Reject(500, "internal error in the handshake hook\n"))
+        return
+    try:
+        wire.answer_upgrade(now, answer)
+    except ValueError as error:  # e.g. a subprotocol the client did not offer
+        log.error("handshake hook failed connection=%s: %s", wire.id, error)
+        wire.answer_upgrade(now, Reject(500, "internal error in the handshake hook\n"))
 
 
 def log_transition(event: StateChanged) -> None:
@@ -212,6 +252,18 @@ def log_alert(alert: Alert) -> None:
         alert.value,
         alert.detail,
     )
+
+
+def peer_address(raw: object) -> Address | None:
+    """A socket's peer name as the core takes it: (host, port) for TCP (IPv6
+    flow and scope fields dropped), the path for a Unix socket ("" unnamed)."""
+    if isinstance(raw, tuple) and len(raw) >= 2:
+        return (str(raw[0]), int(raw[1]))
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bytes):  # an abstract Unix socket
+        return raw.decode("utf-8", "replace")
+    return None
 
 
 class _Socket(Protocol):
@@ -323,15 +375,37 @@ class ConnectionBase:
         return self.wire.latency
 
     @property
-    def request(self) -> UpgradeRequest | None:
-        """The upgrade request: ``path``, ``header(name)``, ``origin``,
-        ``subprotocols`` (and the whole head as ``request.request``)."""
+    def request(self) -> HandshakeRequest | None:
+        """The upgrade request: ``path``, ``query``, ``params``, ``headers``
+        (case-insensitive, multi-valued), ``subprotocols``, addresses."""
         return self.wire.request
+
+    @property
+    def remote_address(self) -> Address | None:
+        """The client's address: (host, port), a Unix socket's path; behind
+        trusted proxies (``Config.trusted_proxies``) the one they forwarded."""
+        return self.wire.remote_address
 
     @property
     def subprotocol(self) -> str | None:
         """The negotiated subprotocol, if any."""
         return self.wire.subprotocol
+
+    @property
+    def context(self) -> object:
+        """What the handshake hook's ``Accept(context=...)`` carried (else None)."""
+        return self.wire.context
+
+    @property
+    def close_code(self) -> int | None:
+        """Once closed, the peer's close code (1005: none in its frame; 1006:
+        no close frame arrived); None while open."""
+        return self.wire.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        """Once closed, the peer's close reason; None while open."""
+        return self.wire.close_reason
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value}>"

@@ -2,7 +2,10 @@
 coroutine living as long as its connection.
 
 * :class:`AsyncConnection`: ``async for message in conn``, ``await
-  conn.close()``; each driver supplies only how to wait (a future, an event);
+  conn.recv()``, ``await conn.close()``; each driver supplies only how to
+  wait (a future, an event);
+* :func:`call_hook` and :func:`await_hook`: a handshake hook that is sync or
+  async (its answer, or the exception it raised);
 * :func:`run_handler`: the end of a handler is an input of the wire (it
   raised: 1011, with the traceback logged; it returned: 1000);
 * :func:`relay_handler` and :func:`echo_handler`: the handlers of
@@ -11,16 +14,66 @@ coroutine living as long as its connection.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import TypeVar
 
 from wslifecycle import ConnectionClosed, State
+from wslifecycle.handshake import Accept, HandshakeRequest, Reject
 
 from ._common import ConnectionBase, log
 
-__all__ = ["AsyncConnection", "echo_handler", "relay_handler", "run_handler"]
+__all__ = [
+    "AsyncConnection",
+    "AsyncProcessRequest",
+    "Sent",
+    "await_hook",
+    "call_hook",
+    "echo_handler",
+    "relay_handler",
+    "run_handler",
+]
 
 C = TypeVar("C", bound="AsyncConnection")
+
+Answer = Accept | Reject | None
+#: The handshake hook of a coroutine driver: a function or a coroutine function.
+AsyncProcessRequest = Callable[[HandshakeRequest], Answer | Awaitable[Answer]]
+
+
+def call_hook(
+    hook: AsyncProcessRequest, request: HandshakeRequest
+) -> tuple[object, Awaitable[Answer] | None]:
+    """Call the hook: (its answer or the exception it raised, None), or
+    (None, the awaitable to await) for an async hook."""
+    try:
+        result = hook(request)
+    except Exception as error:
+        return error, None
+    if inspect.isawaitable(result):
+        return None, result
+    return result, None
+
+
+async def await_hook(pending: Awaitable[Answer]) -> object:
+    """An async hook's answer, or the exception it raised (cancellation, at
+    the handshake timeout, goes through)."""
+    try:
+        return await pending
+    except Exception as error:
+        return error
+
+
+class Sent(int):
+    """A sent message's sequence number, which may also be awaited: ``await
+    conn.send(x)``, as with websockets, works (the message is queued at once;
+    there is nothing to wait for)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, int]:
+        yield from ()  # nothing to wait for: the message is queued
+        return int(self)
 
 
 class AsyncConnection(ConnectionBase):
@@ -44,6 +97,22 @@ class AsyncConnection(ConnectionBase):
             self.wire.close(self._server.now(), code, reason)
             self._server.flush(self.wire)
         await self.wait_closed()
+
+    def send(self, data: str | bytes, *, critical: bool = False) -> Sent | None:
+        """Send a message; its sequence number (which ``await`` also
+        accepts), or None if skipped (slow peer). Never blocks."""
+        seq = super().send(data, critical=critical)
+        return None if seq is None else Sent(seq)
+
+    async def recv(self) -> str | bytes:
+        """The next message; :class:`~wslifecycle.ConnectionClosed` once the
+        connection has left ACTIVE and nothing is left to read."""
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise ConnectionClosed(
+                f"connection {self.id} is {self.state.value}; no message left"
+            ) from None
 
     def __aiter__(self) -> AsyncIterator[str | bytes]:
         return self

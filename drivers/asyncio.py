@@ -12,22 +12,54 @@ Handlers are tasks, one per accepted connection:
 
     server = await serve(handler, "127.0.0.1", 8765, config=Config(...))
     await server.serve_forever()        # until SIGTERM/SIGINT drains it
+
+    async with serve(handler, "127.0.0.1", 8765) as server:
+        ...                             # leaving the block drains, then closes
+
+``process_request`` is the handshake hook (``wslifecycle.handshake``), a
+function or a coroutine function: it runs in a task of its own, under the
+handshake timeout (a hook still running then is cancelled).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Unpack, cast
 
+from wslifecycle.handshake import Accept, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
 
-from ._common import HubOptions, ServerBase, carry_out, driver_hub, reset_socket
-from ._coroutine import AsyncConnection, echo_handler, relay_handler, run_handler
+from ._common import (
+    HubOptions,
+    ServerBase,
+    answer_handshake,
+    carry_out,
+    driver_hub,
+    peer_address,
+    reset_socket,
+)
+from ._coroutine import (
+    AsyncConnection,
+    AsyncProcessRequest,
+    await_hook,
+    call_hook,
+    echo_handler,
+    relay_handler,
+    run_handler,
+)
 
-__all__ = ["Connection", "Handler", "Server", "echo_handler", "relay_handler", "serve"]
+__all__ = [
+    "Connection",
+    "Handler",
+    "Server",
+    "Serving",
+    "echo_handler",
+    "relay_handler",
+    "serve",
+]
 
 Handler = Callable[["Connection"], Awaitable[None]]
 
@@ -75,18 +107,20 @@ class _Protocol(asyncio.BufferedProtocol):
     """The socket side of one connection, and the transport operations that
     carry out its wire's output. All logic is in the wire."""
 
-    __slots__ = ("conn", "paused", "server", "transport", "wire")
+    __slots__ = ("conn", "hook_task", "paused", "server", "transport", "wire")
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.paused = False  # reading from the transport is paused
+        self.hook_task: asyncio.Task[None] | None = None  # an async handshake hook
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's transports are not
         # asyncio.Transport subclasses, but have the same methods.
         self.transport = cast(asyncio.Transport, transport)
-        self.wire = self.server.hub.open(self.server.now())
+        peer = peer_address(transport.get_extra_info("peername"))
+        self.wire = self.server.hub.open(self.server.now(), peer)
         self.conn = Connection(self.server, self.wire)
         self.server._accepted(self)
 
@@ -126,6 +160,23 @@ class _Protocol(asyncio.BufferedProtocol):
             reset_socket(transport.get_extra_info("socket"))
             transport.abort()
 
+    def handshake(self, request: HandshakeRequest) -> None:
+        server = self.server
+        hook = server._process_request
+        assert hook is not None  # only a server with a hook defers handshakes
+        answer, pending = call_hook(hook, request)
+        if pending is None:
+            answer_handshake(self.wire, server.now(), answer)
+            server.flush(self.wire)
+        else:
+            self.hook_task = server._spawn(self._await_hook(pending))
+
+    async def _await_hook(self, pending: Awaitable[Accept | Reject | None]) -> None:
+        answer = await await_hook(pending)
+        self.hook_task = None
+        answer_handshake(self.wire, self.server.now(), answer)
+        self.server.flush(self.wire)
+
     def accepted(self) -> None:
         self.server._start_handler(self.conn)
 
@@ -142,6 +193,9 @@ class _Protocol(asyncio.BufferedProtocol):
                 transport.resume_reading()
 
     def closed(self) -> None:
+        if self.hook_task is not None:  # the handshake timed out under the hook
+            self.hook_task.cancel()
+            self.hook_task = None
         conn = self.conn
         conn._closed = True
         waiter = conn._closed_waiter
@@ -153,9 +207,12 @@ class _Protocol(asyncio.BufferedProtocol):
 class Server(ServerBase):
     """A running asyncio server: the hub, the listening sockets, the timer."""
 
-    def __init__(self, handler: Handler, hub: Hub) -> None:
+    def __init__(
+        self, handler: Handler, hub: Hub, process_request: AsyncProcessRequest | None = None
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._handler = handler
+        self._process_request = process_request
         self.hub = hub
         self._protocols: dict[ServerConnection, _Protocol] = {}
         self._server: asyncio.Server | None = None
@@ -254,9 +311,14 @@ class Server(ServerBase):
         self._check_drained()
 
     def _start_handler(self, conn: Connection) -> None:
-        task = self._loop.create_task(run_handler(self._handler, conn))
+        self._spawn(run_handler(self._handler, conn))
+
+    def _spawn(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
+        """A task the server owns: ``aclose`` cancels it if still running."""
+        task: asyncio.Task[None] = self._loop.create_task(coroutine)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ----------------------------------------------------------------- timer
 
@@ -288,16 +350,47 @@ class Server(ServerBase):
             self._drained.set()
 
 
-async def serve(
+def serve(
     handler: Handler,
     host: str,
     port: int,
     *,
     backlog: int = 1024,
+    process_request: AsyncProcessRequest | None = None,
     **hub: Unpack[HubOptions],
-) -> Server:
-    """Start serving ``handler`` on ``host:port`` (``config``, ``entropy``,
-    ``broker``: :class:`HubOptions`); returns the running server."""
-    server = Server(handler, driver_hub(**hub))
-    await server.start(host, port, backlog=backlog)
-    return server
+) -> Serving:
+    """Serve ``handler`` on ``host:port`` (``config``, ``entropy``,
+    ``broker``: :class:`HubOptions`; ``process_request``: the handshake
+    hook). ``await`` it for the running :class:`Server`, or ``async with``
+    it: leaving the block drains the server, then closes it."""
+
+    async def start() -> Server:
+        server = Server(
+            handler, driver_hub(defer_handshake=process_request is not None, **hub), process_request
+        )
+        await server.start(host, port, backlog=backlog)
+        return server
+
+    return Serving(start)
+
+
+class Serving:
+    """What :func:`serve` returns: awaitable (the running server) and an
+    async context manager (drained and closed on exit)."""
+
+    __slots__ = ("_server", "_start")
+
+    def __init__(self, start: Callable[[], Awaitable[Server]]) -> None:
+        self._start = start
+        self._server: Server | None = None
+
+    def __await__(self) -> Generator[object, None, Server]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Server:
+        self._server = await self._start()
+        return self._server
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        await self._server.__aexit__(*exc_info)

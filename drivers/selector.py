@@ -67,9 +67,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar, Unpack
 
 from wslifecycle import ConnectionClosed, State
+from wslifecycle.handshake import HandshakeRequest, ProcessRequest
 from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
 
@@ -77,9 +79,11 @@ from ._common import (
     ConnectionBase,
     HubOptions,
     ServerBase,
+    answer_handshake,
     carry_out,
     driver_hub,
     log,
+    peer_address,
     reset_socket,
 )
 
@@ -173,16 +177,14 @@ class _Transport:
         "events",
         "lingering",
         "outbound",
-        "peer_port",
         "server",
         "sock",
     )
 
-    def __init__(self, server: Server, conn: Connection, sock: socket.socket, port: int) -> None:
+    def __init__(self, server: Server, conn: Connection, sock: socket.socket) -> None:
         self.server = server
         self.conn = conn
         self.sock: socket.socket | None = sock  # None once closed
-        self.peer_port = port
         self.outbound = bytearray()
         self.events = 0  # what the selector watches for; 0 = not registered
         self.closing = False  # close the socket once ``outbound`` is written
@@ -198,6 +200,10 @@ class _Transport:
 
     def abort(self) -> None:
         self.server._drop(self, reset=True)
+
+    def handshake(self, request: HandshakeRequest) -> None:
+        # A worker runs the hook: it may block (a database, a token service).
+        self.server._workers.submit(partial(self.server._run_hook, self.conn, request))
 
     def accepted(self) -> None:
         pass  # handlers run per burst of messages, not per connection
@@ -222,7 +228,7 @@ class _Workers:
     def __init__(self, count: int, run: Callable[[Connection], None]) -> None:
         if count < 1:
             raise ValueError(f"workers must be at least 1, got {count}")
-        self._queue: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Connection | Callable[[], None] | None] = queue.SimpleQueue()
         self._run = run
         self.threads = [
             threading.Thread(target=self._work, name=f"wslifecycle-worker-{i}", daemon=True)
@@ -233,12 +239,16 @@ class _Workers:
         for thread in self.threads:
             thread.start()
 
-    def submit(self, conn: Connection) -> None:
-        self._queue.put(conn)
+    def submit(self, job: Connection | Callable[[], None]) -> None:
+        """A handler run for a connection, or any other call (a handshake hook)."""
+        self._queue.put(job)
 
     def _work(self) -> None:
-        while (conn := self._queue.get()) is not None:
-            self._run(conn)
+        while (job := self._queue.get()) is not None:
+            if isinstance(job, Connection):
+                self._run(job)
+            else:
+                job()
 
     def shutdown(self, timeout: float) -> None:
         """Let queued runs finish, then stop; threads still in user code
@@ -254,8 +264,15 @@ class _Workers:
 class Server(ServerBase):
     """A running selector server: the hub, the I/O thread, the handler pool."""
 
-    def __init__(self, handler: Handler, hub: Hub, workers: int = DEFAULT_WORKERS) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        hub: Hub,
+        workers: int = DEFAULT_WORKERS,
+        process_request: ProcessRequest | None = None,
+    ) -> None:
         self._handler = handler
+        self._process_request = process_request
         self.hub = hub
         self._lock = threading.Lock()
         # Guarded by the lock:
@@ -375,6 +392,20 @@ class Server(ServerBase):
 
     # ---------------------------------------------------------------- workers
 
+    def _run_hook(self, conn: Connection, request: HandshakeRequest) -> None:
+        """The handshake hook, on a worker; its answer goes to the wire (and
+        is dropped if the handshake timed out meanwhile)."""
+        hook = self._process_request
+        assert hook is not None  # only a server with a hook defers handshakes
+        answer: object
+        try:
+            answer = hook(request)
+        except Exception as error:
+            answer = error
+        with self._lock:
+            answer_handshake(conn.wire, self.now(), answer)
+            self.flush(conn.wire)
+
     def _run_handler(self, conn: Connection) -> None:
         """One run of the handler for one burst of ``conn``'s messages."""
         wire = conn.wire
@@ -436,7 +467,7 @@ class Server(ServerBase):
         """Wait for sockets or the next wake-up, then handle one batch.
         Returns False once the server is done."""
         ready = self._selector.select(self._select_timeout())
-        accepted: list[tuple[socket.socket, int]] = []
+        accepted: list[tuple[socket.socket, object]] = []
         inputs: list[tuple[_Transport, bytes]] = []
         writable: list[_Transport] = []
         # Socket reads need no lock: only this thread touches sockets.
@@ -458,15 +489,15 @@ class Server(ServerBase):
 
     def _handle_batch(
         self,
-        accepted: list[tuple[socket.socket, int]],
+        accepted: list[tuple[socket.socket, object]],
         inputs: list[tuple[_Transport, bytes]],
         writable: list[_Transport],
     ) -> bool:
         now = self.now()
         hub = self.hub
         self._wake_pending = True  # awake: what is touched now needs no wake-up byte
-        for sock, port in accepted:
-            self._open(sock, port, now)
+        for sock, address in accepted:
+            self._open(sock, address, now)
         pending = self._pending
         # Input first: a pong that arrived is credited before its deadline runs.
         for transport, data in inputs:
@@ -495,7 +526,7 @@ class Server(ServerBase):
             return False
         return not self._stop_requested
 
-    def _accept_some(self, accepted: list[tuple[socket.socket, int]]) -> None:
+    def _accept_some(self, accepted: list[tuple[socket.socket, object]]) -> None:
         listener = self._listener
         assert listener is not None
         for _ in range(ACCEPT_BATCH):
@@ -514,7 +545,7 @@ class Server(ServerBase):
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            accepted.append((sock, address[1]))
+            accepted.append((sock, address))
 
     def _resume_accepting(self) -> None:
         resume = self._accept_resume_at
@@ -541,9 +572,9 @@ class Server(ServerBase):
             return b""
         return _RECEIVE[:size].tobytes()
 
-    def _open(self, sock: socket.socket, port: int, now: float) -> None:
-        wire = self.hub.open(now)
-        transport = _Transport(self, Connection(self, wire), sock, port)
+    def _open(self, sock: socket.socket, address: object, now: float) -> None:
+        wire = self.hub.open(now, peer_address(address))
+        transport = _Transport(self, Connection(self, wire), sock)
         self._transports[wire] = transport
         self._selector.register(sock, _READ, transport)
         transport.events = _READ
@@ -622,12 +653,15 @@ def serve(
     *,
     workers: int = DEFAULT_WORKERS,
     backlog: int = 1024,
+    process_request: ProcessRequest | None = None,
     **hub: Unpack[HubOptions],
 ) -> Server:
     """Start serving ``handler`` on ``host:port`` with ``workers`` handler
-    threads (``config``, ``entropy``, ``broker``: :class:`HubOptions`);
+    threads (``config``, ``entropy``, ``broker``: :class:`HubOptions`;
+    ``process_request``: the handshake hook, run on a handler thread);
     returns the running server, its I/O thread started."""
-    server = Server(handler, driver_hub(**hub), workers)
+    driver = driver_hub(defer_handshake=process_request is not None, **hub)
+    server = Server(handler, driver, workers, process_request)
     server.start(host, port, backlog=backlog)
     return server
 

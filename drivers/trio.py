@@ -36,24 +36,43 @@ is drained, :func:`serve` cancels whatever handler is left and returns.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from functools import partial
-from typing import Unpack
+from typing import Any, Unpack
 
 import trio
 
 from wslifecycle import TerminationCause
+from wslifecycle.handshake import Accept, Address, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
 
-from ._common import HubOptions, ServerBase, carry_out, driver_hub, reset_socket
-from ._coroutine import AsyncConnection, echo_handler, relay_handler, run_handler
+from ._common import (
+    HubOptions,
+    ServerBase,
+    answer_handshake,
+    carry_out,
+    driver_hub,
+    peer_address,
+    reset_socket,
+)
+from ._coroutine import (
+    AsyncConnection,
+    AsyncProcessRequest,
+    await_hook,
+    call_hook,
+    echo_handler,
+    relay_handler,
+    run_handler,
+)
 
 __all__ = [
     "Connection",
     "Handler",
     "Server",
+    "Serving",
     "echo_handler",
     "relay_handler",
     "serve",
@@ -94,6 +113,7 @@ class _Transport:
         "aborting",
         "closing",
         "conn",
+        "hook_scope",
         "in_flight",
         "nursery",
         "out",
@@ -118,6 +138,7 @@ class _Transport:
         self.reading = trio.Event()  # set when a paused reader may go on
         self.scope = trio.CancelScope()  # the reader and the writer
         self.nursery: trio.Nursery | None = None  # the transport and the handler
+        self.hook_scope: trio.CancelScope | None = None  # an async handshake hook
 
     # TransportOps
     def write(self, data: bytes) -> None:
@@ -139,6 +160,28 @@ class _Transport:
             reset_socket(self.stream.socket)  # the close that follows is an RST
         self.scope.cancel()
 
+    def handshake(self, request: HandshakeRequest) -> None:
+        server = self.server
+        hook = server._process_request
+        assert hook is not None  # only a server with a hook defers handshakes
+        answer, pending = call_hook(hook, request)
+        if pending is None:
+            answer_handshake(self.wire, trio.current_time(), answer)
+            server.flush(self.wire)
+        else:
+            assert self.nursery is not None
+            self.hook_scope = trio.CancelScope()
+            self.nursery.start_soon(self._await_hook, pending, self.hook_scope)
+
+    async def _await_hook(
+        self, pending: Awaitable[Accept | Reject | None], scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            answer = await await_hook(pending)
+            self.hook_scope = None
+            answer_handshake(self.wire, trio.current_time(), answer)
+            self.server.flush(self.wire)
+
     def accepted(self) -> None:
         assert self.nursery is not None
         self.nursery.start_soon(run_handler, self.server._handler, self.conn)
@@ -151,6 +194,9 @@ class _Transport:
             self.reading.set()  # a paused reader reads the peer's close frame
 
     def closed(self) -> None:
+        if self.hook_scope is not None:  # the handshake timed out under the hook
+            self.hook_scope.cancel()
+            self.hook_scope = None
         self.conn._closed.set()
         self.conn._arrived.set()
 
@@ -163,8 +209,10 @@ class Server(ServerBase):
         handler: Handler,
         hub: Hub,
         listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
+        process_request: AsyncProcessRequest | None = None,
     ) -> None:
         self._handler = handler
+        self._process_request = process_request
         self.hub = hub
         self.listeners = list(listeners)
         self._transports: dict[ServerConnection, _Transport] = {}
@@ -246,7 +294,7 @@ class Server(ServerBase):
     # ------------------------------------------------------------ connections
 
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:
-        transport = _Transport(self, self.hub.open(trio.current_time()), stream)
+        transport = _Transport(self, self.hub.open(trio.current_time(), _peer(stream)), stream)
         self._transports[transport.wire] = transport
         self._arm()
         async with trio.open_nursery() as nursery:
@@ -316,6 +364,18 @@ class Server(ServerBase):
         transport.scope.cancel()
 
 
+def _peer(stream: trio.abc.Stream) -> Address | None:
+    """The stream's peer address, when it is a socket (or wraps one)."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        try:
+            return peer_address(stream.socket.getpeername())
+        except OSError:  # reset before we asked: the reader will find out
+            return None
+    return None
+
+
 async def serve_stream(server: Server, stream: trio.abc.Stream) -> None:
     """Serve one accepted stream (any ``trio.abc.Stream``) on ``server`` until
     its connection has ended and its handler returned; the stream is closed."""
@@ -326,14 +386,17 @@ async def serve_listeners(
     handler: Handler,
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
     *,
+    process_request: AsyncProcessRequest | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     **hub: Unpack[HubOptions],
 ) -> None:
     """Serve ``handler`` on ``listeners`` (possibly none: feed it with
     :func:`serve_stream`) until drained (``config``, ``entropy``, ``broker``:
-    :class:`HubOptions`). With ``nursery.start`` it returns the
+    :class:`HubOptions`; ``process_request``: the handshake hook, a function
+    or a coroutine function). With ``nursery.start`` it returns the
     :class:`Server` once listening."""
-    server = Server(handler, driver_hub(**hub), listeners)
+    driver = driver_hub(defer_handshake=process_request is not None, **hub)
+    server = Server(handler, driver, listeners, process_request)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server._tick_forever)
         if listeners:
@@ -350,16 +413,82 @@ async def serve_listeners(
         nursery.cancel_scope.cancel()  # stop listening, the ticker, lingering handlers
 
 
-async def serve(
+def serve(
     handler: Handler,
     host: str,
     port: int,
     *,
     backlog: int = 1024,
+    process_request: AsyncProcessRequest | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     **hub: Unpack[HubOptions],
-) -> None:
-    """Serve ``handler`` on ``host:port`` until drained; start it with
-    ``server = await nursery.start(serve, handler, host, port)``."""
-    listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
-    await serve_listeners(handler, listeners, task_status=task_status, **hub)
+) -> Serving:
+    """Serve ``handler`` on ``host:port`` until drained: start it with
+    ``server = await nursery.start(serve, handler, host, port)``, or ``async
+    with serve(handler, host, port) as server:`` (leaving the block drains)."""
+
+    async def run(task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+        await serve_listeners(
+            handler,
+            listeners,
+            process_request=process_request,
+            task_status=task_status,
+            **hub,
+        )
+
+    return Serving(run, task_status)
+
+
+class Serving(Coroutine[Any, Any, None]):
+    """What :func:`serve` returns: the coroutine ``nursery.start`` runs, and
+    an async context manager that runs it in a nursery of its own (so a
+    websockets habit, ``async with serve(...)``, works here too)."""
+
+    __slots__ = ("_coroutine", "_exit", "_run", "_task_status")
+
+    def __init__(
+        self,
+        run: Callable[..., Coroutine[Any, Any, None]],
+        task_status: trio.TaskStatus[Server],
+    ) -> None:
+        self._run = run
+        self._task_status = task_status
+        self._coroutine: Coroutine[Any, Any, None] | None = None  # made on first use
+        self._exit: contextlib.AbstractAsyncContextManager[Server] | None = None
+
+    def _inner(self) -> Coroutine[Any, Any, None]:
+        if self._coroutine is None:
+            self._coroutine = self._run(task_status=self._task_status)
+        return self._coroutine
+
+    def send(self, value: Any) -> Any:
+        return self._inner().send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._inner().throw(*args)
+
+    def close(self) -> None:
+        if self._coroutine is not None:
+            self._coroutine.close()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._inner().__await__()
+
+    async def __aenter__(self) -> Server:
+        self._exit = _running(self._run)
+        return await self._exit.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        assert self._exit is not None
+        return await self._exit.__aexit__(*exc_info)
+
+
+@contextlib.asynccontextmanager
+async def _running(run: Callable[..., Coroutine[Any, Any, None]]) -> AsyncIterator[Server]:
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(run)
+        try:
+            yield server
+        finally:
+            server.begin_drain()  # the nursery waits until it is drained

@@ -9,7 +9,7 @@ enforced here; every decision about the connection is the lifecycle's.
 from __future__ import annotations
 
 from .connection import HttpReply, PlainResponder, ReleaseHook, ServerConnection, health_responder
-from .http import HTTP_ENDPOINTS, HttpRequest, UpgradeRequest
+from .http import HTTP_ENDPOINTS, HttpRequest
 
 __all__ = [
     "HTTP_ENDPOINTS",
@@ -18,6 +18,5 @@ __all__ = [
     "PlainResponder",
     "ReleaseHook",
     "ServerConnection",
-    "UpgradeRequest",
     "health_responder",
 ]

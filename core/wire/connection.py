@@ -9,6 +9,8 @@ driver talks to about that connection: every input is a method that takes
                                                 # transport_lost(now, error)
     transport.write(wire.data_to_send())        # bytes to write, in order
     for action in wire.take_actions():          # what the driver must do
+        HandshakeRequested -> wire.answer_upgrade(now, hook(action.request))
+                           (only with defer_handshake=True)
         AcceptUpgrade   -> start the handler
         CloseTransport  -> close the socket (FIN) once written
         Terminate       -> drop the socket now (RST); nothing more is written
@@ -23,6 +25,14 @@ of the lifecycle, so unread pongs blame nobody) and resumes it at
 :attr:`ServerConnection.reading_paused`. The handler's end is an input too:
 :meth:`~ServerConnection.handler_failed` (1011) or
 :meth:`~ServerConnection.handler_returned` (1000).
+
+The handshake: a well-formed upgrade request that passes the origin policy
+is accepted at once, with the first of ``Config.subprotocols`` the client
+offered; or, with ``defer_handshake=True``, the wire stops there and hands
+the request to the caller (``HandshakeRequested``), whose
+:meth:`~ServerConnection.answer_upgrade` (an :class:`~wslifecycle.handshake.Accept`
+or :class:`~wslifecycle.handshake.Reject`) may come later: the handshake
+timeout runs until it does.
 
 Conventions: input after the connection ended (EOF, terminate, our close of
 TCP) is dropped; after a close frame from us, pings are no longer answered;
@@ -43,6 +53,7 @@ from ..actions import (
     Alert,
     CloseTransport,
     DeliverMessage,
+    HandshakeRequested,
     RejectUpgrade,
     ReleaseChannels,
     SendClose,
@@ -54,6 +65,8 @@ from ..actions import (
     Terminate,
 )
 from ..causes import AlertKind, TerminationCause
+from ..forwarded import trusted_proxies
+from ..handshake import Accept, Address, HandshakeRequest, Headers, Reject
 from ..inbox import Inbox
 from ..scheduler import Scheduler
 from ..transitions import State
@@ -102,7 +115,7 @@ ReleaseHook = Callable[["ServerConnection", tuple[str, ...]], None]
 #: Told once when a connection's lifecycle has reached CLOSED.
 ClosedHook = Callable[["ServerConnection"], None]
 
-DRAINING, CLOSED = State.DRAINING, State.CLOSED
+OPEN, DRAINING, CLOSED = State.OPEN, State.DRAINING, State.CLOSED
 
 
 def health_responder(scheduler: Scheduler) -> PlainResponder:
@@ -124,22 +137,29 @@ class ServerConnection:
 
     __slots__ = (
         "__weakref__",  # the hub tracks closing sockets without keeping them
+        "_accept",
         "_actions",
+        "_awaiting_answer",
         "_close_sent",
         "_config",
+        "_defer",
         "_ended",
         "_extensions",
         "_http",
         "_inbox",
         "_on_closed",
         "_out",
+        "_peer_close",
         "_reader",
         "_refusal",
         "_release",
         "_responder",
         "_unmask",
+        "_upgrade",
         "_writer",
+        "context",
         "lifecycle",
+        "peer_address",
         "request",
         "subprotocol",
         "write_buffer_size",
@@ -154,12 +174,17 @@ class ServerConnection:
         release_channels: ReleaseHook | None = None,
         on_closed: ClosedHook | None = None,
         unmask: Unmask | None = None,
+        peer_address: Address | None = None,
+        defer_handshake: bool = False,
     ) -> None:
         """``responder`` answers plain HTTP requests (default: ``/healthz``
         only). ``release_channels`` removes the connection from its pub/sub
         channels when teardown asks (default: it has none to leave).
         ``on_closed`` is told once the lifecycle is CLOSED. ``unmask``
-        replaces the pure-Python unmasking (``wire.mask``)."""
+        replaces the pure-Python unmasking (``wire.mask``). ``peer_address``
+        is the socket's peer, as the driver knows it. ``defer_handshake``:
+        hand each upgrade request that passed the origin policy to the caller
+        (``HandshakeRequested``) instead of accepting it."""
         self.lifecycle = scheduler.open(now)
         self._config = scheduler.config
         self._http: RequestReader | None = RequestReader(scheduler.config)
@@ -170,16 +195,25 @@ class ServerConnection:
         self._reader: FrameReader | None = None
         self._writer: CompressedWriter | None = None
         self._extensions: list[Extension] = []
-        self._refusal: Refusal | None = None
+        self._refusal: Refusal | Reject | None = None
+        self._defer = defer_handshake
+        self._awaiting_answer = False
+        self._upgrade: UpgradeRequest | None = None
+        self._accept: Accept | None = None
+        self._peer_close: tuple[int | None, str] | None = None
         self._out: list[bytes] = []
         self._actions: list[Action] = []
         self._inbox: Inbox | None = None  # made with the first message
         self._ended = False
         self._close_sent = False
-        #: The accepted upgrade request (path, headers, origin), once there is one.
-        self.request: UpgradeRequest | None = None
+        #: The socket's peer (a proxy, behind one), as the driver gave it.
+        self.peer_address = peer_address
+        #: The upgrade request (path, query, headers, addresses), once there is one.
+        self.request: HandshakeRequest | None = None
         #: The negotiated subprotocol, if any.
         self.subprotocol: str | None = None
+        #: What the handshake hook's ``Accept(context=...)`` gave (None otherwise).
+        self.context: object = None
         #: Bytes the transport still holds unsent; the driver keeps it current.
         #: It feeds the write-buffer guard and the STATE_DRIFT notice rule.
         self.write_buffer_size = 0
@@ -202,6 +236,36 @@ class ServerConnection:
     def latency(self) -> float | None:
         """The last pong's round-trip time in seconds (None before the first)."""
         return self.lifecycle.latency
+
+    @property
+    def remote_address(self) -> Address | None:
+        """The client's address: the peer's, or with trusted proxies
+        (``Config.trusted_proxies``) the one they forwarded."""
+        request = self.request
+        return request.remote_address if request is not None else self.peer_address
+
+    @property
+    def awaiting_answer(self) -> bool:
+        """True while the upgrade request waits for :meth:`answer_upgrade`."""
+        return self._awaiting_answer and self.lifecycle.state is OPEN and not self._ended
+
+    @property
+    def close_code(self) -> int | None:
+        """Once CLOSED, the code of the peer's close frame (1005 if it carried
+        none), or 1006 if none arrived (RFC 6455 §7.1.5); None before."""
+        if self.lifecycle.state is not CLOSED:
+            return None
+        if self._peer_close is None:
+            return 1006
+        code = self._peer_close[0]
+        return 1005 if code is None else code
+
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of the peer's close frame ("" without one); None before CLOSED."""
+        if self.lifecycle.state is not CLOSED:
+            return None
+        return self._peer_close[1] if self._peer_close is not None else ""
 
     @property
     def ended(self) -> bool:
@@ -270,6 +334,44 @@ class ServerConnection:
         stopping without a drain, or a limit of the driver's was hit."""
         self.lifecycle.terminate(now, cause)
         self.pump(now)
+
+    # ------------------------------------------------------- the hook's answer
+
+    def answer_upgrade(self, now: float, answer: Accept | Reject | None) -> bool:
+        """Answer a deferred upgrade request (``HandshakeRequested``).
+        ``None`` accepts as the default hook would. Returns False when nothing
+        waits for an answer any more (the handshake timed out, the server
+        drained, the peer left): the answer is dropped. Raises ValueError,
+        changing nothing, for an ``Accept`` whose subprotocol the client did
+        not offer (answer again, e.g. with ``Reject(500)``)."""
+        self.pump(now)
+        if not self.awaiting_answer:
+            return False
+        request = self.request
+        assert request is not None
+        if answer is None:
+            answer = Accept()
+        if isinstance(answer, Reject):
+            self._awaiting_answer = False
+            self._refusal = answer
+            self.lifecycle.reject_upgrade(now, answer.status, answer.reason)
+        elif isinstance(answer, Accept):
+            offered = request.subprotocols
+            if answer.subprotocol is not None and answer.subprotocol not in offered:
+                raise ValueError(
+                    f"Accept.subprotocol: {answer.subprotocol!r} was not offered by the client"
+                    f" (it offered {list(offered)})"
+                )
+            self._awaiting_answer = False
+            self._accept = answer
+            self.context = answer.context
+            self.lifecycle.accept_upgrade(now)
+        else:
+            raise TypeError(
+                f"the handshake hook must return Accept, Reject or None, got {answer!r}"
+            )
+        self.pump(now)
+        return True
 
     # -------------------------------------------------------- the handler's inputs
 
@@ -376,7 +478,7 @@ class ServerConnection:
                     self._release_channels(action, now)
                 elif isinstance(action, AcceptUpgrade):
                     actions.append(action)
-                    self._accept(now)
+                    self._accept_upgrade(now)
                 elif isinstance(action, RejectUpgrade):
                     self._reject(action)
                     actions.append(action)
@@ -399,8 +501,15 @@ class ServerConnection:
     def _judge(self, verdict: Verdict, now: float) -> None:
         lifecycle = self.lifecycle
         if isinstance(verdict, UpgradeRequest):
-            self.request = verdict
-            lifecycle.request_upgrade(now, origin=verdict.origin, host=verdict.host)
+            self._upgrade = verdict
+            self.request = request = self._handshake_request(verdict)
+            if not lifecycle.screen_upgrade(now, origin=verdict.origin, host=verdict.host):
+                return
+            if self._defer:
+                self._awaiting_answer = True
+                self._actions.append(HandshakeRequested(request))
+            else:
+                lifecycle.accept_upgrade(now)
         elif isinstance(verdict, PlainRequest):
             status, content_type, body = self._responder(verdict.request)
             head_only = verdict.request.method == "HEAD"
@@ -412,30 +521,64 @@ class ServerConnection:
             self._refusal = verdict
             lifecycle.reject_upgrade(now, verdict.status, verdict.reason)
 
-    def _accept(self, now: float) -> None:
-        request = self.request
-        assert request is not None
+    def _handshake_request(self, upgrade: UpgradeRequest) -> HandshakeRequest:
+        head = upgrade.request
+        path, _, query = head.target.partition("?")
+        headers = Headers(head.headers)
+        peer = self.peer_address
+        proxies = trusted_proxies(self._config.trusted_proxies)
+        return HandshakeRequest(
+            method=head.method,
+            path=path,
+            query=query,
+            headers=headers,
+            subprotocols=upgrade.subprotocols,
+            extensions=upgrade.extensions,
+            peer_address=peer,
+            remote_address=proxies.client_address(peer, headers) if proxies else peer,
+        )
+
+    def _accept_upgrade(self, now: float) -> None:
+        upgrade = self._upgrade
+        assert upgrade is not None
         config = self._config
-        headers = [("sec-websocket-accept", generate_accept_token(request.key.encode()).decode())]
-        for protocol in config.subprotocols:
-            if protocol in request.subprotocols:
-                self.subprotocol = protocol
-                headers.append(("sec-websocket-protocol", protocol))
-                break
-        if config.compression and request.extensions:
+        answer = self._accept
+        key = upgrade.key.encode()
+        headers = [("sec-websocket-accept", generate_accept_token(key).decode())]
+        chosen = answer.subprotocol if answer is not None else None
+        if chosen is None:
+            chosen = next((p for p in config.subprotocols if p in upgrade.subprotocols), None)
+        if chosen is not None:
+            self.subprotocol = chosen
+            headers.append(("sec-websocket-protocol", chosen))
+        if config.compression and upgrade.extensions:
             extension = BoundedPerMessageDeflate(config.max_message_size)
-            accepted = server_extensions_handshake(request.extensions, [extension])
+            accepted = server_extensions_handshake(list(upgrade.extensions), [extension])
             if accepted is not None:
                 headers.append(("sec-websocket-extensions", accepted.decode("ascii")))
                 self._extensions = [extension]
                 self._writer = CompressedWriter(self._extensions)
+        if answer is not None:
+            headers.extend(answer.headers)
         self._out.append(render_switching_protocols(tuple(headers)))
         self._reader = FrameReader(config, self._extensions, self._unmask)
-        if request.trailing:
-            self._feed_frames(request.trailing, now)
+        self._upgrade = None  # the key and the trailing bytes are spent
+        if upgrade.trailing:
+            self._feed_frames(upgrade.trailing, now)
 
     def _reject(self, action: RejectUpgrade) -> None:
-        headers = self._refusal.headers if self._refusal is not None else ()
+        refusal = self._refusal
+        if isinstance(refusal, Reject):  # the hook's own response
+            self._out.append(
+                render_response(
+                    refusal.status,
+                    refusal.body,
+                    headers=refusal.headers,
+                    content_type=None,
+                )
+            )
+            return
+        headers = refusal.headers if refusal is not None else ()
         body = f"{action.reason}\n".encode()
         self._out.append(render_response(action.status, body, headers=headers))
 
@@ -455,6 +598,7 @@ class ServerConnection:
                     self._out.append(encode_frame(OP_PONG, item.payload))
                 lifecycle.note_activity(now)
             elif isinstance(item, InboundClose):
+                self._peer_close = (item.code, item.reason)  # the reader yields one at most
                 lifecycle.receive_close(now, item.code, item.reason)
             else:
                 lifecycle.fail(now, item.cause, item.code, item.reason)

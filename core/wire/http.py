@@ -16,7 +16,8 @@ lifecycle), a plain request for an HTTP endpoint (``/healthz``,
        ``max_headers`` fields, checked even when it arrived in one read
 =====  ===========================================================
 
-403 (origin) and 503 (draining) are the lifecycle's decisions.
+403 (origin) and 503 (draining, full) are the lifecycle's decisions; any
+other refusal is the handshake hook's (``handshake.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import binascii
 import dataclasses
 import re
 import sys
+from http import HTTPStatus
 
 import h11
 
@@ -45,19 +47,6 @@ __all__ = [
 
 #: Paths answered as plain HTTP; every other path is a WebSocket endpoint.
 HTTP_ENDPOINTS = frozenset({"/healthz", "/metrics"})
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    414: "URI Too Long",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,15 +93,6 @@ class UpgradeRequest:
     extensions: tuple[str, ...]
     #: Bytes that followed the request (frames sent before our answer).
     trailing: bytes
-
-    @property
-    def path(self) -> str:
-        """The request target without its query string (``/chat``)."""
-        return self.request.path
-
-    def header(self, name: str) -> str | None:
-        """The first value of a header (any case), or None."""
-        return self.request.header(name.lower())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -276,21 +256,33 @@ def render_response(
     status: int,
     body: bytes,
     *,
-    content_type: str = "text/plain; charset=utf-8",
+    content_type: str | None = "text/plain; charset=utf-8",
     headers: tuple[tuple[str, str], ...] = (),
     head_only: bool = False,
 ) -> bytes:
-    """A complete HTTP/1.1 response that closes the connection."""
-    fields = [
-        ("content-type", content_type),
-        ("content-length", str(len(body))),
-        ("connection", "close"),
-        *headers,
-    ]
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+    """A complete HTTP/1.1 response that closes the connection. ``headers``
+    may set the content type (``content_type=None``: theirs, else text);
+    the framing fields (length, connection) are always ours."""
+    extra = [(n, v) for n, v in headers if n.lower() not in _FRAMING_FIELDS]
+    if content_type is None and not any(n.lower() == "content-type" for n, _ in extra):
+        content_type = "text/plain; charset=utf-8"
+    fields = [] if content_type is None else [("content-type", content_type)]
+    fields += [("content-length", str(len(body))), ("connection", "close"), *extra]
+    lines = [f"HTTP/1.1 {status} {_phrase(status)}"]
     lines.extend(f"{name}: {value}" for name, value in fields)
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head if head_only else head + body
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a status no RFC names: the class's name
+        return "Error" if status >= 400 else "Redirect"
+
+
+#: Response fields the server writes itself; a hook's copies are dropped.
+_FRAMING_FIELDS = frozenset({"content-length", "connection", "transfer-encoding"})
 
 
 def render_switching_protocols(headers: tuple[tuple[str, str], ...]) -> bytes:

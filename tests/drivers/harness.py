@@ -91,9 +91,11 @@ class ServerThread:
 
     driver = "abstract"
 
-    def __init__(self, config: Config, mode: str = "relay") -> None:
+    def __init__(self, config: Config, mode: str = "relay", **serve_options: Any) -> None:
         self.config = config
         self.mode = mode
+        #: Passed on to the driver's ``serve`` (``process_request``, ...).
+        self.serve_options = serve_options
         self.port = 0
         self._ready = threading.Event()
         self._error: BaseException | None = None

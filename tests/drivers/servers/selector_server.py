@@ -30,7 +30,14 @@ class SelectorServerThread(ServerThread):
         from wslifecycle.drivers.selector import echo_handler, relay_handler, serve
 
         handler = self.custom_handler or (relay_handler if self.mode == "relay" else echo_handler)
-        self.server = serve(handler, "127.0.0.1", 0, config=self.config, workers=self.workers)
+        self.server = serve(
+            handler,
+            "127.0.0.1",
+            0,
+            config=self.config,
+            workers=self.workers,
+            **self.serve_options,
+        )
         self.hub = self.server.hub
         self.port = self.server.port
         self._ready.set()
@@ -51,8 +58,9 @@ class SelectorServerThread(ServerThread):
         return threading.active_count()
 
     def _id_for_port(self, port: int) -> str | None:
-        for wire, transport in self.server._transports.items():
-            if transport.peer_port == port:
+        for wire in self.server._transports:
+            peer = wire.peer_address
+            if isinstance(peer, tuple) and peer[1] == port:
                 return wire.id
         return None
 

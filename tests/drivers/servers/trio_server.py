@@ -28,7 +28,7 @@ class TrioServerThread(ServerThread):
         handler = self.custom_handler or (relay_handler if self.mode == "relay" else echo_handler)
         async with trio.open_nursery() as nursery:
             self.server: Server = await nursery.start(
-                partial(serve, handler, "127.0.0.1", 0, config=self.config)
+                partial(serve, handler, "127.0.0.1", 0, config=self.config, **self.serve_options)
             )
             self.hub = self.server.hub
             self.port = self.server.port
