@@ -70,6 +70,14 @@ def parser() -> argparse.ArgumentParser:
         help="coalesce deadlines on this grid (default: min(interval/100, 0.02))",
     )
     add(
+        "--proxy-idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the idle timeout of the proxy in front (e.g. nginx proxy_read_timeout);"
+        " refuse to start unless the heartbeat interval is below it",
+    )
+    add(
         "--allow-origin",
         action="append",
         default=[],
@@ -122,6 +130,7 @@ def build_config(args: argparse.Namespace) -> Config:
         heartbeat_mode=HeartbeatMode(args.heartbeat_mode),
         activity_is_liveness=args.activity_is_liveness,
         stall_threshold=args.stall_threshold,
+        proxy_idle_timeout=args.proxy_idle_timeout,
         timer_slack=args.timer_slack,
         allowed_origins=frozenset(args.allow_origin),
         allow_no_origin=args.allow_no_origin,

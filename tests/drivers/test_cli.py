@@ -40,3 +40,23 @@ def test_a_bad_value_exits_2_naming_the_field(capsys: pytest.CaptureFixture[str]
         "wslifecycle: configuration error: inbox_low_water: must be below"
         " inbox_high_water (4), got 4\n"
     )
+
+
+def test_a_heartbeat_the_proxy_would_outlast_refuses_to_start() -> None:
+    """--proxy-idle-timeout: a heartbeat interval not below the proxy's idle
+    timeout is refused before anything listens (one line naming the field and
+    the reason; exit 2); an interval below it reaches the config."""
+    done = subprocess.run(
+        [sys.executable, "-m", "wslifecycle.drivers.cli", "serve", "--port", "0",
+         "--heartbeat-interval", "60", "--proxy-idle-timeout", "60"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "wslifecycle: configuration error: heartbeat_interval: must stay below"
+        " proxy_idle_timeout (60.0 s) or the proxy reaps idle connections first, got 60.0\n"
+    )
+    args = cli.parser().parse_args(
+        ["serve", "--heartbeat-interval", "25", "--proxy-idle-timeout", "60"]
+    )
+    assert cli.build_config(args).proxy_idle_timeout == 60.0
