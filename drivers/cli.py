@@ -85,6 +85,17 @@ def parser() -> argparse.ArgumentParser:
         help="an allowed Origin, e.g. https://app.example.com (repeatable)",
     )
     add("--allow-no-origin", action="store_true", help="accept clients that send no Origin")
+    add(
+        "--trust-proxy",
+        action="append",
+        nargs="?",
+        const="loopback",
+        default=[],
+        metavar="ADDR",
+        help="read the client's address from Forwarded / X-Forwarded-For when the peer is"
+        " this proxy: an IP, a network (10.0.0.0/8), 'unix'; alone: loopback and unix"
+        " (repeatable)",
+    )
     add("--max-message-size", type=int, default=1024 * 1024, metavar="BYTES")
     add("--max-fragments", type=int, default=1024, metavar="N")
     add("--write-buffer-guard", type=int, default=1024 * 1024, metavar="BYTES")
@@ -134,6 +145,7 @@ def build_config(args: argparse.Namespace) -> Config:
         timer_slack=args.timer_slack,
         allowed_origins=frozenset(args.allow_origin),
         allow_no_origin=args.allow_no_origin,
+        trusted_proxies=frozenset(args.trust_proxy),
         max_message_size=args.max_message_size,
         max_fragments=args.max_fragments,
         write_buffer_guard=args.write_buffer_guard,

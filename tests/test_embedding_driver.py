@@ -86,3 +86,8 @@ def test_the_documented_bare_core_loop_terminates_a_silent_peer(
     timeout within the bound, on a fake clock."""
     exec(compile(code_block("## The bare core"), "docs/embedding.md", "exec"), {})
     assert "heartbeat_timeout" in capsys.readouterr().out
+
+
+def test_the_documented_handshake_hook_refuses_without_a_token() -> None:
+    """The handshake-hook example runs as written (its asserts are the test)."""
+    exec(compile(code_block("### The handshake hook"), "docs/embedding.md", "exec"), {})
