@@ -60,3 +60,12 @@ def test_a_heartbeat_the_proxy_would_outlast_refuses_to_start() -> None:
         ["serve", "--heartbeat-interval", "25", "--proxy-idle-timeout", "60"]
     )
     assert cli.build_config(args).proxy_idle_timeout == 60.0
+
+
+def test_trust_proxy_alone_trusts_loopback_and_takes_networks() -> None:
+    def trusted(*flags: str) -> frozenset[str]:
+        return cli.build_config(cli.parser().parse_args(["serve", *flags])).trusted_proxies
+
+    assert trusted() == frozenset()
+    assert trusted("--trust-proxy") == {"loopback"}
+    assert trusted("--trust-proxy", "10.0.0.0/8", "--trust-proxy", "unix") == {"10.0.0.0/8", "unix"}
