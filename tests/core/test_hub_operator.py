@@ -47,11 +47,13 @@ def test_a_page_answers_plain_gets_and_its_path_still_upgrades() -> None:
     assert b"\r\ncache-control: no-store\r\n" in written
     assert written.endswith(b"\r\n\r\n<p>hi</p>")
     upgrade = connect(hub)
-    assert upgrade.request is not None and upgrade.request.path == "/chat"
+    assert upgrade.request is not None
+    assert upgrade.request.path == "/chat"
     feed = hub.open(0.0)
     feed.receive_data(upgrade_request("/dashboard"), 0.0)
     assert feed.data_to_send().startswith(b"HTTP/1.1 101 ")
-    assert feed.request is not None and feed.request.path == "/dashboard"
+    assert feed.request is not None
+    assert feed.request.path == "/dashboard"
 
 
 def test_pages_keep_the_hubs_own_endpoints_and_404() -> None:
@@ -126,5 +128,5 @@ def test_a_broker_that_cannot_list_channels_gives_none() -> None:
         def members(self, channel: str) -> list[ServerConnection]:
             return []
 
-    hub = Hub(Config(), seeded_entropy(1), broker=Remote())  # type: ignore[arg-type]
+    hub = Hub(Config(), seeded_entropy(1), broker=Remote())
     assert hub.channel_sizes() is None
