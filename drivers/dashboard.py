@@ -76,7 +76,9 @@ class Dashboard:
     later one; those before the first snapshot are in the totals only.
     ``min_refresh``: snapshots closer together than this are served from
     the last one, so neither many open pages nor one that asks too often
-    can cost the server more than a few snapshots a second. ``channels``
+    can cost the server more than two snapshots a second (a snapshot walks
+    every active connection for its RTT: about 0.3 µs each, 3 ms for
+    10,000). ``channels``
     and ``alerts``: how many of each a snapshot lists at most.
     """
 
@@ -96,7 +98,7 @@ class Dashboard:
         *,
         interval: float = 5.0,
         slots: int = 60,
-        min_refresh: float = 0.25,
+        min_refresh: float = 0.5,
         channels: int = 20,
         alerts: int = 20,
     ) -> None:
@@ -143,14 +145,13 @@ class Dashboard:
         driver's clock, the one the hub's alerts were recorded on."""
         metrics = hub.scheduler.metrics.snapshot()
         self._sample(metrics.closed_by_cause, now)
-        states: Counter[State] = Counter()
+        states = metrics.connections  # kept by every transition: no count here
         latencies: list[float] = []
         waiting = 0
-        for wire in hub.connections:
-            state = wire.state
-            states[state] += 1
-            if state is State.ACTIVE:
-                latency = wire.latency
+        active = State.ACTIVE
+        for lifecycle in hub.scheduler.connections:  # the lifecycles: no wire lookup
+            if lifecycle.state is active:
+                latency = lifecycle.latency
                 if latency is None:
                     waiting += 1
                 else:
@@ -167,6 +168,7 @@ class Dashboard:
             "rtt": _histogram(latencies, waiting),
             "closes": self._closes(metrics.closed_by_cause, now),
             "alerts": self._recent_alerts(hub, now),
+            "alerts_kept": len(hub.recent_alerts),
             "channels": self._channel_list(hub),
             "totals": {
                 "handshakes_accepted": metrics.handshakes_accepted,

@@ -144,13 +144,15 @@ def test_a_clock_that_goes_back_files_closes_under_the_newest_interval() -> None
 
 
 def test_recent_alerts_come_newest_first_with_their_age() -> None:
-    """Each alert with how long ago it was raised; at most ``alerts`` of them."""
+    """Each alert with how long ago it was raised; at most ``alerts`` of
+    them, and how many the hub keeps."""
     hub = make_hub()
     for at, kind in ((1.0, AlertKind.LOOP_STALL), (2.0, AlertKind.SLOW_CONSUMER)):
         hub.record_alert(at, Alert(kind, None if at == 1.0 else "c-2", at, f"detail {at}"))
     hub.record_alert(3.0, Alert(AlertKind.TEARDOWN_FAILED, "c-3", 0.0, "broker down"))
-    alerts = Dashboard(alerts=2).snapshot(hub, 10.0)["alerts"]
-    assert alerts == [
+    snapshot = Dashboard(alerts=2).snapshot(hub, 10.0)
+    assert snapshot["alerts_kept"] == 3
+    assert snapshot["alerts"] == [
         {"ago": 7.0, "kind": "teardown_failed", "connection": "c-3", "value": 0.0,
          "detail": "broker down"},
         {"ago": 8.0, "kind": "slow_consumer", "connection": "c-2", "value": 2.0,
