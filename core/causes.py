@@ -70,3 +70,7 @@ class AlertKind(enum.Enum):
     LOOP_STALL = "loop_stall"
     #: Releasing channels failed; the connection is closed with 1011.
     TEARDOWN_FAILED = "teardown_failed"
+    #: A peer stopped reading and was terminated (cause ``slow_consumer``).
+    #: The core reports that as a ``Terminate``; drivers record this alert
+    #: of it among the hub's recent alerts (``value``: bytes unsent).
+    SLOW_CONSUMER = "slow_consumer"

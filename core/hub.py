@@ -11,8 +11,13 @@ stay thin (a rule two drivers need lives below them):
   :class:`TimerWork`, every wire to flush, every socket to drop and every
   alert to log; ``next_wakeup`` says when to fire next;
 * ``begin_drain`` on SIGTERM, ``stop`` when a server ends undrained;
-* ``subscribe`` / ``unsubscribe`` / ``members`` / ``fan_out`` for pub/sub;
-* ``/healthz`` and ``/metrics`` answers;
+* ``subscribe`` / ``unsubscribe`` / ``members`` / ``fan_out`` for pub/sub,
+  ``channel_sizes`` for an operator;
+* ``/healthz`` and ``/metrics`` answers, and pages a driver adds
+  (``add_page``);
+* ``recent_alerts``: the last alerts with their time, for an operator's page
+  (loop stalls recorded here; drivers record what reaches them through a
+  wire, with ``record_alert``);
 * bounded closes: a socket closed gracefully with bytes still unsent (a peer
   that stopped reading) comes back in ``TimerWork.reset`` after
   ``close_timeout``, for the driver to drop it.
@@ -37,14 +42,23 @@ from .handshake import Address
 from .lifecycle import ConnectionLifecycle
 from .metrics import MetricsSnapshot
 from .scheduler import Scheduler
-from .wire.connection import HttpReply, ServerConnection, health_responder
-from .wire.http import HttpRequest
+from .wire.connection import (
+    HttpReply,
+    PageReply,
+    PlainResponder,
+    ServerConnection,
+    health_responder,
+)
+from .wire.http import HTTP_ENDPOINTS, HttpRequest
 from .wire.mask import Unmask
 
-__all__ = ["Hub", "MetricsExporter", "TimerWork"]
+__all__ = ["RECENT_ALERTS", "Hub", "MetricsExporter", "RecentAlert", "TimerWork"]
 
 #: Renders a metrics snapshot as an HTTP answer (the driver's exposition).
 MetricsExporter = Callable[[MetricsSnapshot], HttpReply]
+
+#: How many alerts :attr:`Hub.recent_alerts` keeps (older ones are in the logs).
+RECENT_ALERTS = 50
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,6 +74,14 @@ class TimerWork:
     alerts: list[Alert]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecentAlert:
+    """An alert and when it was raised (the driver's clock)."""
+
+    at: float
+    alert: Alert
+
+
 class Hub:
     """The shared, sans-IO heart of a server: one scheduler, one broker, many wires."""
 
@@ -68,9 +90,12 @@ class Hub:
         "_defer_handshake",
         "_health",
         "_metrics_exporter",
+        "_page_paths",
+        "_pages",
         "_unmask",
         "_wires",
         "broker",
+        "recent_alerts",
         "scheduler",
     )
 
@@ -100,6 +125,10 @@ class Hub:
         # Every close has the same timeout, so arrival order is deadline order.
         # Weak: a wire whose socket closed in time is the driver's to forget.
         self._closing: deque[tuple[float, weakref.ref[ServerConnection]]] = deque()
+        self._pages: dict[str, PlainResponder] = {}
+        self._page_paths: frozenset[str] = frozenset()
+        #: The last :data:`RECENT_ALERTS` alerts, oldest first.
+        self.recent_alerts: deque[RecentAlert] = deque(maxlen=RECENT_ALERTS)
 
     @property
     def config(self) -> Config:
@@ -119,6 +148,7 @@ class Hub:
             unmask=self._unmask,
             peer_address=peer_address,
             defer_handshake=self._defer_handshake,
+            pages=self._page_paths,
         )
         self._wires[wire.lifecycle] = wire
         return wire
@@ -148,7 +178,15 @@ class Hub:
             wire = wires[lifecycle]
             wire.pump(now)
             flush.append(wire)
-        return TimerWork(flush, self._expired_closes(now), self.scheduler.take_alerts())
+        alerts = self.scheduler.take_alerts()
+        for alert in alerts:
+            self.record_alert(now, alert)
+        return TimerWork(flush, self._expired_closes(now), alerts)
+
+    def record_alert(self, now: float, alert: Alert) -> None:
+        """Keep ``alert`` among :attr:`recent_alerts` (the hub records the
+        alerts of :meth:`handle_timer` itself)."""
+        self.recent_alerts.append(RecentAlert(now, alert))
 
     @property
     def changes(self) -> int:
@@ -226,13 +264,38 @@ class Hub:
         # members() holds only connections that accept sends, so none raises.
         return [wire for wire in self.members(channel) if wire.send(render(wire), now) is not None]
 
+    def channel_sizes(self) -> dict[str, int] | None:
+        """Every channel with members that can still be sent to, and how
+        many; None when the broker cannot list its channels (only the
+        in-memory one can: another may span processes)."""
+        broker = self.broker
+        if not isinstance(broker, InMemoryBroker):
+            return None
+        sizes = {channel: len(self.members(channel)) for channel in broker.channels()}
+        return {channel: size for channel, size in sizes.items() if size}
+
     # ------------------------------------------------------------------ HTTP
 
-    def _respond(self, request: HttpRequest) -> HttpReply:
+    def add_page(self, path: str, responder: PlainResponder) -> None:
+        """Answer plain GET/HEAD requests for ``path`` (``/dashboard``) with
+        ``responder``, from the next connection on. An upgrade request for
+        ``path`` is still a WebSocket connection, so a page can have a feed
+        of its own at its own address."""
+        if not path.startswith("/") or "?" in path:
+            raise ValueError(f"path: must be an absolute path without a query, got {path!r}")
+        if path in HTTP_ENDPOINTS:
+            raise ValueError(f"path: {path} is answered by the hub itself")
+        self._pages[path] = responder
+        self._page_paths = frozenset(self._pages)
+
+    def _respond(self, request: HttpRequest) -> HttpReply | PageReply:
         if request.path == "/metrics":
             if self._metrics_exporter is None:
                 return 404, "text/plain; charset=utf-8", b"no metrics exporter configured\n"
             return self._metrics_exporter(self.scheduler.metrics.snapshot())
+        page = self._pages.get(request.path)
+        if page is not None:
+            return page(request)
         return self._health(request)
 
     def _closed(self, wire: ServerConnection) -> None:

@@ -27,7 +27,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol, TypedDict, Unpack
 
-from wslifecycle import Config, Entropy, MetricsSnapshot, State
+from wslifecycle import AlertKind, Config, Entropy, MetricsSnapshot, State, TerminationCause
 from wslifecycle.actions import (
     AcceptUpgrade,
     Alert,
@@ -173,9 +173,12 @@ class TransportOps(Protocol):
         """The connection reached CLOSED: wake whoever waits for that."""
 
 
-def carry_out(wire: ServerConnection, ops: TransportOps) -> None:
+def carry_out(
+    wire: ServerConnection, ops: TransportOps, server: DriverServer | None = None
+) -> None:
     """Write a wire's bytes, act on its actions in order, then wake the
-    handler and keep reading in step with the wire."""
+    handler and keep reading in step with the wire. Alerts (and slow
+    consumers) go into ``server``'s hub's recent alerts, at its time."""
     data = wire.data_to_send()
     if data:
         ops.write(data)
@@ -192,6 +195,12 @@ def carry_out(wire: ServerConnection, ops: TransportOps) -> None:
             ops.close()
         elif isinstance(action, Terminate):
             log.info("terminated connection=%s cause=%s", wire.id, action.cause.value)
+            if action.cause is TerminationCause.SLOW_CONSUMER and server is not None:
+                unsent = wire.write_buffer_size
+                alert = Alert(
+                    AlertKind.SLOW_CONSUMER, wire.id, unsent, f"{unsent} bytes unsent; terminated"
+                )
+                server.hub.record_alert(server.now(), alert)
             ops.abort()
         elif isinstance(action, RejectUpgrade):
             log.info(
@@ -199,6 +208,8 @@ def carry_out(wire: ServerConnection, ops: TransportOps) -> None:
             )
         elif isinstance(action, Alert):
             log_alert(action)
+            if server is not None:
+                server.hub.record_alert(server.now(), action)
     if wire.messages_waiting:
         ops.messages_waiting()
     ops.sync_reading(wire.reading_paused)

@@ -9,12 +9,17 @@ from types import FrameType
 
 from wslifecycle import Config
 
-from .selector import echo_handler, relay_handler, serve
+from . import dashboard
+from .selector import Handler, echo_handler, relay_handler, serve
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    handler = relay_handler if args.mode == "relay" else echo_handler
+    handler: Handler = relay_handler if args.mode == "relay" else echo_handler
+    if args.dashboard:
+        handler = dashboard.route_threaded(dashboard.Dashboard(), handler)
     server = serve(handler, args.host, args.port, config=config, workers=args.workers)
+    if args.dashboard:
+        server.call(lambda: dashboard.add_page(server.hub))
 
     def request_drain(signum: int, frame: FrameType | None) -> None:
         server.begin_drain()  # takes no lock: the I/O thread drains
@@ -24,6 +29,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     host, port = server.sockets[0].getsockname()[:2]
     # One line on stdout, so scripts and tests learn the port (with --port 0).
     print(f"wslifecycle: serving {args.mode} on ws://{host}:{port} (driver selector)", flush=True)
+    if args.dashboard:
+        dashboard.announce(host, port)
     # The main thread only waits (signal handlers run here); lock waits are
     # interrupted by signals on POSIX, so SIGTERM is handled at once.
     drained = server.wait_drained()

@@ -11,7 +11,8 @@ import trio
 
 from wslifecycle import Config
 
-from .trio import Server, echo_handler, relay_handler, serve
+from . import dashboard
+from .trio import Handler, Server, echo_handler, relay_handler, serve
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -20,12 +21,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _serve(args: argparse.Namespace, config: Config) -> None:
-    handler = relay_handler if args.mode == "relay" else echo_handler
+    handler: Handler = relay_handler if args.mode == "relay" else echo_handler
+    if args.dashboard:
+        handler = dashboard.route_async(dashboard.Dashboard(), handler)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(
                 partial(serve, handler, args.host, args.port, config=config)
             )
+            if args.dashboard:
+                dashboard.add_page(server.hub)
             host = next(
                 listener.socket.getsockname()[0]
                 for listener in server.listeners
@@ -36,6 +41,8 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
                 f"wslifecycle: serving {args.mode} on ws://{host}:{server.port} (driver trio)",
                 flush=True,
             )
+            if args.dashboard:
+                dashboard.announce(host, server.port)
             async for _ in signals:
                 server.begin_drain()
                 break

@@ -291,7 +291,7 @@ class Server(ServerBase):
         protocol = self._protocols.get(wire)
         if protocol is None:
             return  # its socket is gone
-        carry_out(wire, protocol)
+        carry_out(wire, protocol, self)
         transport = protocol.transport
         if transport is not None:
             wire.write_buffer_size = transport.get_write_buffer_size()

@@ -126,6 +126,11 @@ def parser() -> argparse.ArgumentParser:
     add("--drain-timeout", type=float, default=10.0, metavar="SECONDS")
     add("--compression", action="store_true", help="negotiate permessage-deflate")
     add(
+        "--dashboard",
+        action="store_true",
+        help="serve the operator's page at /dashboard (its live feed is a WebSocket there)",
+    )
+    add(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",

@@ -582,7 +582,7 @@ class Server(ServerBase):
     def _flush(self, transport: _Transport, now: float) -> None:
         """Carry out the wire's output, write what it can, adjust the selector."""
         wire = transport.conn.wire
-        carry_out(wire, transport)
+        carry_out(wire, transport, self)
         sock = transport.sock
         if sock is None:
             return  # closed earlier, or terminated by these actions
@@ -595,7 +595,7 @@ class Server(ServerBase):
             except OSError as error:  # the peer is gone
                 out.clear()
                 wire.transport_lost(now, f"{type(error).__name__}: {error}")
-                carry_out(wire, transport)
+                carry_out(wire, transport, self)
         wire.write_buffer_size = len(out)
         if transport.closing:
             if not out:
@@ -637,7 +637,7 @@ class Server(ServerBase):
             self._stopping = True
             self._stop_hub()
             for transport in list(self._transports.values()):
-                carry_out(transport.conn.wire, transport)  # the terminate: an RST
+                carry_out(transport.conn.wire, transport, self)  # the terminate: an RST
                 self._drop(transport, reset=True)
         if self._listener is not None:
             self._listener.close()

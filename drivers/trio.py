@@ -257,7 +257,7 @@ class Server(ServerBase):
         transport = self._transports.get(wire)
         if transport is None:
             return  # its stream is closed: nothing more to write or deliver
-        carry_out(wire, transport)
+        carry_out(wire, transport, self)
         wire.write_buffer_size = len(transport.out) + transport.in_flight
         self._arm()
 

@@ -100,6 +100,7 @@ from .mask import Unmask
 __all__ = [
     "ClosedHook",
     "HttpReply",
+    "PageReply",
     "PlainResponder",
     "ReleaseHook",
     "ServerConnection",
@@ -108,8 +109,10 @@ __all__ = [
 
 #: (status, content type, body) of a plain HTTP answer.
 HttpReply = tuple[int, str, bytes]
-#: Answers a plain HTTP request (``/healthz``, ``/metrics``).
-PlainResponder = Callable[[HttpRequest], HttpReply]
+#: A plain HTTP answer with extra header fields (a page's Content-Security-Policy).
+PageReply = tuple[int, str, bytes, tuple[tuple[str, str], ...]]
+#: Answers a plain HTTP request (``/healthz``, ``/metrics``, a server's pages).
+PlainResponder = Callable[[HttpRequest], HttpReply | PageReply]
 #: Removes a connection from pub/sub channels, synchronously; may raise.
 ReleaseHook = Callable[["ServerConnection", tuple[str, ...]], None]
 #: Told once when a connection's lifecycle has reached CLOSED.
@@ -176,18 +179,21 @@ class ServerConnection:
         unmask: Unmask | None = None,
         peer_address: Address | None = None,
         defer_handshake: bool = False,
+        pages: frozenset[str] = frozenset(),
     ) -> None:
         """``responder`` answers plain HTTP requests (default: ``/healthz``
-        only). ``release_channels`` removes the connection from its pub/sub
-        channels when teardown asks (default: it has none to leave).
-        ``on_closed`` is told once the lifecycle is CLOSED. ``unmask``
-        replaces the pure-Python unmasking (``wire.mask``). ``peer_address``
-        is the socket's peer, as the driver knows it. ``defer_handshake``:
-        hand each upgrade request that passed the origin policy to the caller
-        (``HandshakeRequested``) instead of accepting it."""
+        only), those for ``pages`` included: paths answered as plain HTTP
+        unless the request asks for the upgrade. ``release_channels``
+        removes the connection from its pub/sub channels when teardown asks
+        (default: it has none to leave). ``on_closed`` is told once the
+        lifecycle is CLOSED. ``unmask`` replaces the pure-Python unmasking
+        (``wire.mask``). ``peer_address`` is the socket's peer, as the
+        driver knows it. ``defer_handshake``: hand each upgrade request that
+        passed the origin policy to the caller (``HandshakeRequested``)
+        instead of accepting it."""
         self.lifecycle = scheduler.open(now)
         self._config = scheduler.config
-        self._http: RequestReader | None = RequestReader(scheduler.config)
+        self._http: RequestReader | None = RequestReader(scheduler.config, pages)
         self._responder = responder or health_responder(scheduler)
         self._release = release_channels
         self._on_closed = on_closed
@@ -511,10 +517,14 @@ class ServerConnection:
             else:
                 lifecycle.accept_upgrade(now)
         elif isinstance(verdict, PlainRequest):
-            status, content_type, body = self._responder(verdict.request)
+            reply = self._responder(verdict.request)
+            status, content_type, body = reply[:3]
+            headers = reply[3] if len(reply) == 4 else ()
             head_only = verdict.request.method == "HEAD"
             self._out.append(
-                render_response(status, body, content_type=content_type, head_only=head_only)
+                render_response(
+                    status, body, content_type=content_type, headers=headers, head_only=head_only
+                )
             )
             lifecycle.serve_plain_http(now)
         else:

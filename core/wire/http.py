@@ -3,7 +3,9 @@
 :class:`RequestReader` takes the first bytes of a connection and returns one
 verdict: a WebSocket upgrade to accept (the origin is judged later, by the
 lifecycle), a plain request for an HTTP endpoint (``/healthz``,
-``/metrics``), or a refusal with its status (RFC 6455 §4.2.1, RFC 9110):
+``/metrics``, and a server's pages: paths answered as plain HTTP unless the
+request asks for the upgrade), or a refusal with its status (RFC 6455
+§4.2.1, RFC 9110):
 
 =====  ===========================================================
 400    malformed HTTP, HTTP/1.0, a missing or bad Sec-WebSocket-Key,
@@ -127,10 +129,14 @@ class RequestReader:
     (h11 alone would apply its size cap only to heads still arriving). Feed it
     until it returns a verdict, then discard it."""
 
-    __slots__ = ("_buffer", "_config", "_scanned")
+    __slots__ = ("_buffer", "_config", "_pages", "_scanned")
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, pages: frozenset[str] = frozenset()) -> None:
+        """``pages``: paths that are also plain HTTP pages. A request for one
+        without ``Upgrade: websocket`` is a :class:`PlainRequest`; with it,
+        the path is a WebSocket endpoint like any other."""
         self._config = config
+        self._pages = pages
         self._buffer = bytearray()
         self._scanned = 0  # the end of the head is not before this offset
 
@@ -186,7 +192,10 @@ class RequestReader:
                 for n, v in event.headers
             ),
         )
-        if request.path in HTTP_ENDPOINTS:
+        path = request.path
+        if path in HTTP_ENDPOINTS or (
+            path in self._pages and "websocket" not in request.header_tokens("upgrade")
+        ):
             if method not in ("GET", "HEAD"):
                 return Refusal(405, "use GET", (("allow", "GET, HEAD"),))
             return PlainRequest(request)

@@ -308,3 +308,32 @@ def test_the_accepted_request_tells_its_path_and_headers() -> None:
     assert (request.path, request.target, request.query) == ("/chat", "/chat?room=7", "room=7")
     assert request.header("X-Token") == request.header("x-token") == "abc"
     assert request.header("Cookie") is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_page_path_is_plain_http_unless_the_request_asks_for_the_upgrade(mode: str) -> None:
+    """A path among ``pages`` is answered by the responder, with its extra
+    header fields, when the request has no ``Upgrade: websocket``; an
+    upgrade for it is accepted like any other; a POST to it gets 405."""
+
+    def responder(request: HttpRequest) -> tuple[int, str, bytes, tuple[tuple[str, str], ...]]:
+        return 200, "text/html; charset=utf-8", b"<p>page</p>", (("x-frame-options", "DENY"),)
+
+    def wire() -> ServerConnection:
+        scheduler = Scheduler(config(), seeded_entropy(1))
+        return ServerConnection(scheduler, 0.0, responder=responder, pages=frozenset({"/page"}))
+
+    plain = feed(wire(), b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n", mode)
+    head, body = split_http(plain.written)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nx-frame-options: DENY\r\n" in head
+    assert body == b"<p>page</p>"
+    # Upgrade: h2c is not a WebSocket upgrade: still the page.
+    other = feed(wire(), b"GET /page HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n", mode)
+    assert other.written.endswith(b"<p>page</p>")
+    upgrade = feed(wire(), upgrade_request("/page"), mode)
+    assert any(isinstance(action, AcceptUpgrade) for action in upgrade.actions)
+    post = feed(wire(), b"POST /page HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", mode)
+    assert status_of(post.written) == 405
+    elsewhere = feed(wire(), b"GET /chat HTTP/1.1\r\nHost: x\r\n\r\n", mode)
+    assert status_of(elsewhere.written) == 426

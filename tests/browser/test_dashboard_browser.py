@@ -1,0 +1,233 @@
+"""The operator's page in a real browser: Debian's headless Chromium, driven
+by the ``playwright-core`` npm package (tests/browser/page.js), loads
+``/dashboard`` from ``wslifecycle serve --dashboard`` on each driver, and its
+numbers follow clients that come and go, a stall of the server and a refused
+origin. A screenshot of each run is kept (its path is printed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
+
+HERE = pathlib.Path(__file__).resolve().parent
+CHROMIUM = "/usr/bin/chromium"
+#: Screenshots land here too (git-ignored), to look at after a run.
+ARTIFACTS = HERE / "artifacts"
+DRIVERS = ("asyncio", "selector", "trio")
+INTERVAL = 0.5  # heartbeat interval: RTTs show up within a second
+FOREIGN = Origin("https://evil.example")
+
+
+def _missing() -> str | None:
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"{CHROMIUM} is not installed (apt-get install chromium)"
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (HERE / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is not installed (bash .ci/setup)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    missing = _missing()
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(missing)  # CI installs all of it: never skip there
+        pytest.skip(missing)
+    driver = Browser(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield driver
+    finally:
+        driver.close()
+
+
+class Browser:
+    """One Chromium for the module; each ``goto`` opens a fresh page."""
+
+    def __init__(self, user_data_dir: pathlib.Path) -> None:
+        self.process = subprocess.Popen(
+            ["node", str(HERE / "page.js"), CHROMIUM, str(user_data_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=HERE,
+        )
+        self._answers: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        #: The page's console errors and warnings (a CSP violation among them).
+        self.console: list[str] = []
+        self._answer(30.0)  # Chromium is up
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._answers.put(json.loads(line))
+        self._answers.put(None)
+
+    def _answer(self, timeout: float) -> Any:
+        try:
+            answer = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"the browser did not answer within {timeout} s") from None
+        if answer is None:
+            assert self.process.stderr is not None
+            raise RuntimeError(f"the browser driver ended: {self.process.stderr.read()[-2000:]}")
+        self.console.extend(answer["console"])
+        if not answer["ok"]:
+            raise AssertionError(f"browser: {answer['error']}")
+        return answer.get("value")
+
+    def do(self, op: str, within: float = 10.0, **fields: object) -> Any:
+        """Run one command; its value (the answer must come ``within`` seconds)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        return self._answer(within)
+
+    def wait(self, condition: str, timeout: float = 5.0) -> None:
+        """Until ``condition`` (JavaScript, with the helpers of :data:`JS`) holds."""
+        expression = f"(() => {{ {JS} return {condition}; }})()"
+        self.do("wait", timeout + 5, js=expression, timeout=int(timeout * 1000))
+
+    def value(self, expression: str) -> Any:
+        return self.do("eval", js=f"(() => {{ {JS} return {expression}; }})()")
+
+    def close(self) -> None:
+        try:
+            if self.process.poll() is None:
+                self.do("close", 15.0)
+        finally:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+            self._reader.join(5)
+            for stream in (self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+#: Helpers for the conditions: what the operator reads on the page.
+JS = """
+const text = (selector) => document.querySelector(selector)?.textContent ?? null;
+const number = (selector) => Number((text(selector) || "NaN").replaceAll(",", ""));
+const live = () => document.querySelector("#status").classList.contains("live");
+const members = (channel) => text(`#channels tr[data-channel="${channel}"] td.members`);
+const legend = () => text("#legend") || "";
+const alertRows = () => document.querySelectorAll("#alerts tbody tr").length;
+"""
+
+
+@contextmanager
+def served(driver: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``wslifecycle serve --dashboard`` on a free port; SIGTERM drains it."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wslifecycle.drivers", "serve", "--port", "0", "--driver", driver,
+         "--dashboard", "--allow-no-origin", "--heartbeat-interval", str(INTERVAL),
+         "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 15)
+        assert ready, "the server printed no serving line in 15 s"
+        banner = process.stdout.readline()
+        assert f"(driver {driver})" in banner, banner
+        yield process, int(banner.rsplit(":", 1)[1].split()[0])
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait(5)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def stall(process: subprocess.Popen[str], seconds: float) -> None:
+    """Hold the server stopped (SIGSTOP) for ``seconds``: its timer fires late."""
+    stopped = time.monotonic()
+    process.send_signal(signal.SIGSTOP)
+    try:
+        while time.monotonic() - stopped < seconds:
+            time.sleep(seconds / 10)
+    finally:
+        process.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_the_page_follows_clients_as_they_come_and_go(
+    driver: str, browser: Browser, tmp_path: pathlib.Path
+) -> None:
+    """The page loads without a CSP complaint and goes live; three clients
+    (one subscribed to "room") show as active connections and a channel
+    with one member; a stall shows as an alert; when they leave, the numbers
+    go back down and their closes are counted by cause."""
+    started = time.monotonic()
+    with served(driver) as (process, port), ExitStack() as clients:
+        browser.console.clear()
+        loaded = browser.do("goto", url=f"http://127.0.0.1:{port}/dashboard")
+        assert loaded["status"] == 200
+        browser.wait("live() && text('#active') === '1'")  # the page's own feed
+
+        # A client that came and went, and one refused for its Origin.
+        with connect(f"ws://127.0.0.1:{port}/chat", open_timeout=5):
+            pass
+        with (
+            pytest.raises(InvalidStatus) as refused,
+            connect(f"ws://127.0.0.1:{port}/chat", origin=FOREIGN, open_timeout=5),
+        ):
+            pass
+        assert refused.value.response.status_code == 403
+
+        opened: list[ClientConnection] = [
+            clients.enter_context(connect(f"ws://127.0.0.1:{port}/chat", open_timeout=5))
+            for _ in range(3)
+        ]
+        opened[0].send(json.dumps({"type": "subscribe", "channel": "room"}))
+        assert json.loads(opened[0].recv(timeout=5)) == {"type": "subscribed", "channel": "room"}
+        browser.wait("number('#active') >= 4 && members('room') === '1'")
+        browser.wait("text('#rtt-median') !== '–' && number('#rtt-waiting') === 0", 5)
+        stall(process, 3 * INTERVAL)
+        browser.wait("live() && alertRows() >= 1 && text('#alerts').includes('loop stall')")
+        browser.wait("legend().includes('peer close') && legend().includes('origin rejected')", 8)
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        for scheme in ("light", "dark"):
+            name = f"dashboard-{driver}-{scheme}.png"
+            picture = browser.do("screenshot", path=str(tmp_path / name), scheme=scheme)
+            kept = ARTIFACTS / ("dashboard.png" if name == "dashboard-asyncio-light.png" else name)
+            shutil.copyfile(picture, kept)
+            print(f"\n[{driver}] screenshot: {picture} (and {kept})")
+
+        clients.close()  # the three leave
+        browser.wait("text('#active') === '1' && members('room') === null", 5)
+        assert browser.value("text('#channel-count')") == "0"
+    assert not browser.console, browser.console
+    assert time.monotonic() - started < 30
