@@ -12,7 +12,10 @@ stay thin (a rule two drivers need lives below them):
   alert to log; ``next_wakeup`` says when to fire next;
 * ``begin_drain`` on SIGTERM, ``stop`` when a server ends undrained;
 * ``subscribe`` / ``unsubscribe`` / ``members`` / ``fan_out`` for pub/sub;
-* ``/healthz`` and ``/metrics`` answers;
+* ``/healthz`` and ``/metrics`` answers, also on a listener of their own
+  (``open(now, plain_only=True)``): those connections run on a scheduler of
+  their own, whose counters are never exported, so a probe or a scrape is
+  not counted as a WebSocket connection;
 * bounded closes: a socket closed gracefully with bytes still unsent (a peer
   that stopped reading) comes back in ``TimerWork.reset`` after
   ``close_timeout``, for the driver to drop it.
@@ -66,6 +69,7 @@ class Hub:
         "_closing",
         "_health",
         "_metrics_exporter",
+        "_plain",
         "_unmask",
         "_wires",
         "broker",
@@ -84,6 +88,9 @@ class Hub:
         """``unmask``: a faster unmasking function for client frames (the
         drivers pass websockets' C one when it is installed)."""
         self.scheduler = Scheduler(config, entropy)
+        # The connections of a plain-HTTP-only listener: same deadlines, but
+        # counted apart (these metrics are never exported).
+        self._plain = Scheduler(config, entropy)
         self._unmask = unmask
         self.broker: Broker[ServerConnection] = broker or InMemoryBroker()
         self._metrics_exporter = metrics_exporter
@@ -101,28 +108,37 @@ class Hub:
 
     # ------------------------------------------------------------ connections
 
-    def open(self, now: float) -> ServerConnection:
-        """A socket was accepted: its wire, in OPEN, handshake deadline armed."""
+    def open(self, now: float, *, plain_only: bool = False) -> ServerConnection:
+        """A socket was accepted: its wire, in OPEN, handshake deadline armed.
+
+        ``plain_only``: the socket came from a listener that only answers
+        ``/healthz`` and ``/metrics`` (every other path gets 404, no upgrade
+        is accepted); it counts in no metric."""
         wire = ServerConnection(
-            self.scheduler,
+            self._plain if plain_only else self.scheduler,
             now,
             responder=self._respond,
             release_channels=self.broker.release,
             on_closed=self._closed,
             unmask=self._unmask,
+            plain_only=plain_only,
         )
         self._wires[wire.lifecycle] = wire
         return wire
 
     @property
     def connections(self) -> list[ServerConnection]:
-        """Every wire whose lifecycle is not yet CLOSED, in arrival order."""
+        """Every WebSocket-listener wire whose lifecycle is not yet CLOSED,
+        in arrival order."""
         wires = self._wires
         return [wires[lifecycle] for lifecycle in self.scheduler.connections]
 
     def next_wakeup(self) -> float | None:
         """When the driver's one timer must fire next (None: nothing pending)."""
         wakeup = self.scheduler.next_wakeup()
+        plain = self._plain.next_wakeup()
+        if plain is not None and (wakeup is None or plain < wakeup):
+            wakeup = plain
         if self._closing:
             closing = self._closing[0][0]
             if wakeup is None or closing < wakeup:
@@ -134,8 +150,13 @@ class Hub:
         ``limit`` of them; the rest stay due, so :meth:`next_wakeup` is still
         ≤ now and the driver calls again after letting its loop breathe)."""
         wires = self._wires
+        ran = self.scheduler.tick(now, limit)
+        rest = None if limit is None else limit - len(ran)
+        if rest is None or rest > 0:
+            ran += self._plain.tick(now, rest)
+        self._plain.take_alerts()  # a stall is the main scheduler's to report
         flush = []
-        for lifecycle in self.scheduler.tick(now, limit):
+        for lifecycle in ran:
             wire = wires[lifecycle]
             wire.pump(now)
             flush.append(wire)
@@ -145,7 +166,7 @@ class Hub:
     def changes(self) -> int:
         """Grows whenever :meth:`next_wakeup` may have moved: a driver that
         armed its timer at the same value need not ask again."""
-        return self.scheduler.changes
+        return self.scheduler.changes + self._plain.changes
 
     def closing(self, wire: ServerConnection, now: float) -> None:
         """The driver closed ``wire``'s socket gracefully but bytes are still
@@ -170,7 +191,11 @@ class Hub:
         with 1001, what is left at the drain deadline is terminated. Returns
         the wires to flush."""
         wires = self._wires
-        touched = [wires[lifecycle] for lifecycle in self.scheduler.begin_drain(now)]
+        touched = [
+            wires[lifecycle]
+            for scheduler in (self.scheduler, self._plain)
+            for lifecycle in scheduler.begin_drain(now)
+        ]
         for wire in touched:
             wire.pump(now)
         return touched
@@ -179,7 +204,7 @@ class Hub:
         """The server ends without (or before the end of) a drain: terminate
         every connection still open (cause ``server_stopped``), channels
         released first. Returns the wires to flush."""
-        touched = self.connections
+        touched = list(self._wires.values())
         for wire in touched:
             wire.terminate(now, TerminationCause.SERVER_STOPPED)
         return touched
@@ -191,7 +216,7 @@ class Hub:
     @property
     def drained(self) -> bool:
         """Draining, and every connection has reached CLOSED."""
-        return self.scheduler.drained
+        return self.scheduler.drained and self._plain.drained
 
     # ---------------------------------------------------------------- pub/sub
 

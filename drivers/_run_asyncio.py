@@ -10,6 +10,7 @@ import sys
 from wslifecycle import Config
 
 from .asyncio import echo_handler, relay_handler, serve
+from .cli import announce, listen_options
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -19,12 +20,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 async def _serve(args: argparse.Namespace, config: Config) -> None:
     handler = relay_handler if args.mode == "relay" else echo_handler
-    server = await serve(handler, args.host, args.port, config=config)
+    server = await serve(handler, **listen_options(args), config=config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.begin_drain)
-    host, port = server.sockets[0].getsockname()[:2]
-    # One line on stdout, so scripts and tests learn the port (with --port 0).
-    print(f"wslifecycle: serving {args.mode} on ws://{host}:{port} (driver asyncio)", flush=True)
+    address = None if args.unix else server.sockets[0].getsockname()[:2]
+    announce(args, "asyncio", address, server.metrics_port)
     await server.serve_forever()
     print("wslifecycle: drained, exiting", file=sys.stderr, flush=True)

@@ -9,21 +9,21 @@ from types import FrameType
 
 from wslifecycle import Config
 
+from .cli import announce, listen_options
 from .selector import echo_handler, relay_handler, serve
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     handler = relay_handler if args.mode == "relay" else echo_handler
-    server = serve(handler, args.host, args.port, config=config, workers=args.workers)
+    server = serve(handler, **listen_options(args), config=config, workers=args.workers)
 
     def request_drain(signum: int, frame: FrameType | None) -> None:
         server.begin_drain()  # takes no lock: the I/O thread drains
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, request_drain)
-    host, port = server.sockets[0].getsockname()[:2]
-    # One line on stdout, so scripts and tests learn the port (with --port 0).
-    print(f"wslifecycle: serving {args.mode} on ws://{host}:{port} (driver selector)", flush=True)
+    address = None if args.unix else server.sockets[0].getsockname()[:2]
+    announce(args, "selector", address, server.metrics_port)
     # The main thread only waits (signal handlers run here); lock waits are
     # interrupted by signals on POSIX, so SIGTERM is handled at once.
     drained = server.wait_drained()

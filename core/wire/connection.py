@@ -154,15 +154,17 @@ class ServerConnection:
         release_channels: ReleaseHook | None = None,
         on_closed: ClosedHook | None = None,
         unmask: Unmask | None = None,
+        plain_only: bool = False,
     ) -> None:
         """``responder`` answers plain HTTP requests (default: ``/healthz``
         only). ``release_channels`` removes the connection from its pub/sub
         channels when teardown asks (default: it has none to leave).
         ``on_closed`` is told once the lifecycle is CLOSED. ``unmask``
-        replaces the pure-Python unmasking (``wire.mask``)."""
+        replaces the pure-Python unmasking (``wire.mask``). ``plain_only``:
+        answer the plain HTTP endpoints only, never upgrade (a metrics port)."""
         self.lifecycle = scheduler.open(now)
         self._config = scheduler.config
-        self._http: RequestReader | None = RequestReader(scheduler.config)
+        self._http: RequestReader | None = RequestReader(scheduler.config, plain_only=plain_only)
         self._responder = responder or health_responder(scheduler)
         self._release = release_channels
         self._on_closed = on_closed
