@@ -81,7 +81,7 @@ class TlsSession:
         #: The handshake finished.
         self.established = False
         self._pending = bytearray()
-        self._done = False  # failed or closed: nothing more in or out
+        self._done = False  # failed, or closed by us: nothing more in or out
 
     def receive(self, data: bytes) -> tuple[bytes, bool]:
         """Ciphertext in; the plaintext it completes, and whether the peer
@@ -112,9 +112,10 @@ class TlsSession:
                 chunk = read(READ_SIZE)
             except ssl.SSLWantReadError:
                 return b"".join(chunks), False
-            except ssl.SSLZeroReturnError:  # close_notify
-                self._done = True
-                return b"".join(chunks), True
+            except ssl.SSLZeroReturnError:  # close_notify, after ours
+                chunk = b""
+            if not chunk:  # close_notify: the standard library reads it as b""
+                return b"".join(chunks), True  # ours still goes out on close()
             chunks.append(chunk)
 
     def encrypt(self, data: bytes) -> bytes:
@@ -137,6 +138,8 @@ class TlsSession:
                 written += self._object.write(data[written:] if written else data)
         except ssl.SSLWantReadError:  # a renegotiation waits for the peer
             self._pending += data[written:]
+        except ssl.SSLError:  # the session can write no more: the rest is dropped
+            self._done = True
 
     def data_to_send(self) -> bytes:
         """The session's own records waiting to be written."""

@@ -88,7 +88,9 @@ def test_an_address_in_use_names_the_call_and_the_address(driver: str, name: str
         assert open_fds() == before
 
 
-@pytest.mark.parametrize("driver", DRIVERS)
+# Not Trio: it resolves a name in a worker thread that its thread cache keeps
+# for seconds after the test, moving a later test's thread baseline.
+@pytest.mark.parametrize("driver", ["asyncio", "selector"])
 def test_a_host_that_does_not_resolve_names_it(driver: str) -> None:
     with pytest.raises(OSError, match=r"^serve\(\): cannot listen on no-such-host\.invalid:0: "):
         serve_once(driver, "no-such-host.invalid", 0)

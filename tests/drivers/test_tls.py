@@ -7,6 +7,7 @@ client on the TLS port is closed cleanly, with one log line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -179,3 +180,40 @@ def test_a_plain_client_on_the_tls_port_is_closed_cleanly(
         assert len(logs.matching("tls failed")) == 2
         assert closed_by(server, TerminationCause.TRANSPORT_LOST) == 2
         assert server.metrics().handshakes_accepted == 0
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_close_notify_mid_connection_ends_it_like_an_eof(
+    driver: str, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    """A client that upgrades, then ends TLS (close_notify) without a close
+    frame: the connection ends as a lost transport, and the server goes on
+    serving."""
+    request = (
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with (
+        LogWatch() as logs,
+        SERVERS[driver](config(), mode="echo", ssl=server_context) as server,
+    ):
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += tls.recv(4096)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            mark = logs.mark()
+            # close_notify, then wait for the server's (it may close TCP first)
+            with contextlib.suppress(ssl.SSLError, OSError):
+                tls.unwrap()
+            logs.wait_for("to=closed cause=transport_lost", 5, since=mark)
+
+        async def client() -> None:
+            url = f"wss://127.0.0.1:{server.port}/"
+            async with websockets.connect(url, ssl=client_context) as ws:
+                await echo_some(ws)
+
+        asyncio.run(client())
+        assert not logs.matching("tls failed")
