@@ -14,7 +14,10 @@ stay thin (a rule two drivers need lives below them):
 * ``subscribe`` / ``unsubscribe`` / ``members`` / ``fan_out`` for pub/sub,
   ``channel_sizes`` for an operator;
 * ``/healthz`` and ``/metrics`` answers, and pages a driver adds
-  (``add_page``);
+  (``add_page``); also on a listener of their own (``open(now,
+  plain_only=True)``): those connections run on a scheduler of their own,
+  whose counters are never exported, so a probe or a scrape is not counted
+  as a WebSocket connection;
 * ``recent_alerts``: the last alerts with their time, for an operator's page
   (loop stalls recorded here; drivers record what reaches them through a
   wire, with ``record_alert``);
@@ -92,6 +95,7 @@ class Hub:
         "_metrics_exporter",
         "_page_paths",
         "_pages",
+        "_plain",
         "_unmask",
         "_wires",
         "broker",
@@ -115,6 +119,9 @@ class Hub:
         caller (``HandshakeRequested``; the drivers run the handshake hook)."""
         self._defer_handshake = defer_handshake
         self.scheduler = Scheduler(config, entropy)
+        # The connections of a plain-HTTP-only listener: same deadlines, but
+        # counted apart (these metrics are never exported).
+        self._plain = Scheduler(config, entropy)
         self._unmask = unmask
         self.broker: Broker[ServerConnection] = broker or InMemoryBroker()
         self._metrics_exporter = metrics_exporter
@@ -136,32 +143,43 @@ class Hub:
 
     # ------------------------------------------------------------ connections
 
-    def open(self, now: float, peer_address: Address | None = None) -> ServerConnection:
+    def open(
+        self, now: float, peer_address: Address | None = None, *, plain_only: bool = False
+    ) -> ServerConnection:
         """A socket was accepted (from ``peer_address``): its wire, in OPEN,
-        handshake deadline armed."""
+        handshake deadline armed.
+
+        ``plain_only``: the socket came from a listener that only answers
+        ``/healthz`` and ``/metrics`` (every other path gets 404, no upgrade
+        is accepted); it counts in no metric."""
         wire = ServerConnection(
-            self.scheduler,
+            self._plain if plain_only else self.scheduler,
             now,
             responder=self._respond,
             release_channels=self.broker.release,
             on_closed=self._closed,
             unmask=self._unmask,
             peer_address=peer_address,
-            defer_handshake=self._defer_handshake,
-            pages=self._page_paths,
+            defer_handshake=self._defer_handshake and not plain_only,
+            pages=frozenset() if plain_only else self._page_paths,
+            plain_only=plain_only,
         )
         self._wires[wire.lifecycle] = wire
         return wire
 
     @property
     def connections(self) -> list[ServerConnection]:
-        """Every wire whose lifecycle is not yet CLOSED, in arrival order."""
+        """Every WebSocket-listener wire whose lifecycle is not yet CLOSED,
+        in arrival order."""
         wires = self._wires
         return [wires[lifecycle] for lifecycle in self.scheduler.connections]
 
     def next_wakeup(self) -> float | None:
         """When the driver's one timer must fire next (None: nothing pending)."""
         wakeup = self.scheduler.next_wakeup()
+        plain = self._plain.next_wakeup()
+        if plain is not None and (wakeup is None or plain < wakeup):
+            wakeup = plain
         if self._closing:
             closing = self._closing[0][0]
             if wakeup is None or closing < wakeup:
@@ -173,8 +191,13 @@ class Hub:
         ``limit`` of them; the rest stay due, so :meth:`next_wakeup` is still
         ≤ now and the driver calls again after letting its loop breathe)."""
         wires = self._wires
+        ran = self.scheduler.tick(now, limit)
+        rest = None if limit is None else limit - len(ran)
+        if rest is None or rest > 0:
+            ran += self._plain.tick(now, rest)
+        self._plain.take_alerts()  # a stall is the main scheduler's to report
         flush = []
-        for lifecycle in self.scheduler.tick(now, limit):
+        for lifecycle in ran:
             wire = wires[lifecycle]
             wire.pump(now)
             flush.append(wire)
@@ -192,7 +215,7 @@ class Hub:
     def changes(self) -> int:
         """Grows whenever :meth:`next_wakeup` may have moved: a driver that
         armed its timer at the same value need not ask again."""
-        return self.scheduler.changes
+        return self.scheduler.changes + self._plain.changes
 
     def closing(self, wire: ServerConnection, now: float) -> None:
         """The driver closed ``wire``'s socket gracefully but bytes are still
@@ -217,7 +240,11 @@ class Hub:
         with 1001, what is left at the drain deadline is terminated. Returns
         the wires to flush."""
         wires = self._wires
-        touched = [wires[lifecycle] for lifecycle in self.scheduler.begin_drain(now)]
+        touched = [
+            wires[lifecycle]
+            for scheduler in (self.scheduler, self._plain)
+            for lifecycle in scheduler.begin_drain(now)
+        ]
         for wire in touched:
             wire.pump(now)
         return touched
@@ -226,7 +253,7 @@ class Hub:
         """The server ends without (or before the end of) a drain: terminate
         every connection still open (cause ``server_stopped``), channels
         released first. Returns the wires to flush."""
-        touched = self.connections
+        touched = list(self._wires.values())
         for wire in touched:
             wire.terminate(now, TerminationCause.SERVER_STOPPED)
         return touched
@@ -238,7 +265,7 @@ class Hub:
     @property
     def drained(self) -> bool:
         """Draining, and every connection has reached CLOSED."""
-        return self.scheduler.drained
+        return self.scheduler.drained and self._plain.drained
 
     # ---------------------------------------------------------------- pub/sub
 

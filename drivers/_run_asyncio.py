@@ -11,6 +11,7 @@ from wslifecycle import Config
 
 from . import dashboard
 from .asyncio import Handler, echo_handler, relay_handler, serve
+from .cli import announce, listen_options
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -22,16 +23,15 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
     handler: Handler = relay_handler if args.mode == "relay" else echo_handler
     if args.dashboard:
         handler = dashboard.route_async(dashboard.Dashboard(), handler)
-    server = await serve(handler, args.host, args.port, config=config)
+    server = await serve(handler, **listen_options(args), config=config)
     if args.dashboard:
         dashboard.add_page(server.hub)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.begin_drain)
-    host, port = server.sockets[0].getsockname()[:2]
-    # One line on stdout, so scripts and tests learn the port (with --port 0).
-    print(f"wslifecycle: serving {args.mode} on ws://{host}:{port} (driver asyncio)", flush=True)
-    if args.dashboard:
-        dashboard.announce(host, port)
+    address = None if args.unix else server.sockets[0].getsockname()[:2]
+    announce(args, "asyncio", address, server.metrics_port)
+    if args.dashboard and address is not None:
+        dashboard.announce(*address)
     await server.serve_forever()
     print("wslifecycle: drained, exiting", file=sys.stderr, flush=True)

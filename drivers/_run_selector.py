@@ -10,6 +10,7 @@ from types import FrameType
 from wslifecycle import Config
 
 from . import dashboard
+from .cli import announce, listen_options
 from .selector import Handler, echo_handler, relay_handler, serve
 
 
@@ -17,7 +18,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     handler: Handler = relay_handler if args.mode == "relay" else echo_handler
     if args.dashboard:
         handler = dashboard.route_threaded(dashboard.Dashboard(), handler)
-    server = serve(handler, args.host, args.port, config=config, workers=args.workers)
+    server = serve(handler, **listen_options(args), config=config, workers=args.workers)
     if args.dashboard:
         server.call(lambda: dashboard.add_page(server.hub))
 
@@ -26,11 +27,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, request_drain)
-    host, port = server.sockets[0].getsockname()[:2]
-    # One line on stdout, so scripts and tests learn the port (with --port 0).
-    print(f"wslifecycle: serving {args.mode} on ws://{host}:{port} (driver selector)", flush=True)
-    if args.dashboard:
-        dashboard.announce(host, port)
+    address = None if args.unix else server.sockets[0].getsockname()[:2]
+    announce(args, "selector", address, server.metrics_port)
+    if args.dashboard and address is not None:
+        dashboard.announce(*address)
     # The main thread only waits (signal handlers run here); lock waits are
     # interrupted by signals on POSIX, so SIGTERM is handled at once.
     drained = server.wait_drained()

@@ -12,6 +12,7 @@ import trio
 from wslifecycle import Config
 
 from . import dashboard
+from .cli import announce, listen_options
 from .trio import Handler, Server, echo_handler, relay_handler, serve
 
 
@@ -27,22 +28,14 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(
-                partial(serve, handler, args.host, args.port, config=config)
+                partial(serve, handler, **listen_options(args), config=config)
             )
             if args.dashboard:
                 dashboard.add_page(server.hub)
-            host = next(
-                listener.socket.getsockname()[0]
-                for listener in server.listeners
-                if isinstance(listener, trio.SocketListener)
-            )
-            # One line on stdout, so scripts and tests learn the port (with --port 0).
-            print(
-                f"wslifecycle: serving {args.mode} on ws://{host}:{server.port} (driver trio)",
-                flush=True,
-            )
-            if args.dashboard:
-                dashboard.announce(host, server.port)
+            address = None if args.unix else server.sockets[0].getsockname()[:2]
+            announce(args, "trio", address, server.metrics_port)
+            if args.dashboard and address is not None:
+                dashboard.announce(*address)
             async for _ in signals:
                 server.begin_drain()
                 break

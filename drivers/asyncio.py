@@ -19,12 +19,18 @@ Handlers are tasks, one per accepted connection:
 ``process_request`` is the handshake hook (``wslifecycle.handshake``), a
 function or a coroutine function: it runs in a task of its own, under the
 handshake timeout (a hook still running then is cancelled).
+``serve(handler, unix_path="/run/app.sock")`` listens on a unix socket
+instead; ``ssl=context`` serves wss:// (TLS by ``_tls.TlsSession`` under the
+wire, not asyncio's own, so the handshake timeout covers the TLS handshake);
+``metrics_port=9100`` adds a listener for ``/healthz`` and ``/metrics`` only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import ssl as _ssl
 from collections.abc import Awaitable, Callable, Generator
 from typing import Unpack, cast
 
@@ -50,6 +56,8 @@ from ._coroutine import (
     relay_handler,
     run_handler,
 )
+from ._listen import check_address, listen_error, listen_unix, tcp_where
+from ._tls import TlsSession, check_context, feed_wire
 
 __all__ = [
     "Connection",
@@ -107,11 +115,26 @@ class _Protocol(asyncio.BufferedProtocol):
     """The socket side of one connection, and the transport operations that
     carry out its wire's output. All logic is in the wire."""
 
-    __slots__ = ("conn", "hook_task", "paused", "server", "transport", "wire")
+    __slots__ = (
+        "conn",
+        "hook_task",
+        "paused",
+        "plain_only",
+        "server",
+        "tls",
+        "tls_context",
+        "transport",
+        "wire",
+    )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(
+        self, server: Server, tls_context: _ssl.SSLContext | None, plain_only: bool
+    ) -> None:
         self.server = server
+        self.tls_context = tls_context
+        self.plain_only = plain_only  # the metrics listener's
         self.transport: asyncio.Transport | None = None
+        self.tls: TlsSession | None = None
         self.paused = False  # reading from the transport is paused
         self.hook_task: asyncio.Task[None] | None = None  # an async handshake hook
 
@@ -119,8 +142,11 @@ class _Protocol(asyncio.BufferedProtocol):
         # A cast, not an isinstance check: uvloop's transports are not
         # asyncio.Transport subclasses, but have the same methods.
         self.transport = cast(asyncio.Transport, transport)
+        # Opened at the TCP accept: the handshake deadline covers TLS too.
         peer = peer_address(transport.get_extra_info("peername"))
-        self.wire = self.server.hub.open(self.server.now(), peer)
+        self.wire = self.server.hub.open(self.server.now(), peer, plain_only=self.plain_only)
+        if self.tls_context is not None:
+            self.tls = TlsSession(self.tls_context)
         self.conn = Connection(self.server, self.wire)
         self.server._accepted(self)
 
@@ -128,7 +154,14 @@ class _Protocol(asyncio.BufferedProtocol):
         return _RECEIVE
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.wire.receive_data(_RECEIVE[:nbytes].tobytes(), self.server.now())
+        data = _RECEIVE[:nbytes].tobytes()
+        tls = self.tls
+        if tls is None:
+            self.wire.receive_data(data, self.server.now())
+        else:
+            records = feed_wire(tls, self.wire, data, self.server.now())
+            if records and self.transport is not None:
+                self.transport.write(records)
         self.server.flush(self.wire)
 
     def eof_received(self) -> bool:
@@ -145,11 +178,15 @@ class _Protocol(asyncio.BufferedProtocol):
     # TransportOps
     def write(self, data: bytes) -> None:
         if self.transport is not None:
+            if self.tls is not None:
+                data = self.tls.encrypt(data)
             self.transport.write(data)
 
     def close(self) -> None:
         transport = self.transport
         if transport is not None:
+            if self.tls is not None:
+                transport.write(self.tls.close())  # close_notify, best effort
             transport.close()
             if transport.get_write_buffer_size():  # a peer that stopped reading: bounded
                 self.server.hub.closing(self.wire, self.server.now())
@@ -208,14 +245,23 @@ class Server(ServerBase):
     """A running asyncio server: the hub, the listening sockets, the timer."""
 
     def __init__(
-        self, handler: Handler, hub: Hub, process_request: AsyncProcessRequest | None = None
+        self,
+        handler: Handler,
+        hub: Hub,
+        process_request: AsyncProcessRequest | None = None,
+        *,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._handler = handler
         self._process_request = process_request
         self.hub = hub
+        self._tls_context = check_context(ssl)
         self._protocols: dict[ServerConnection, _Protocol] = {}
         self._server: asyncio.Server | None = None
+        self._metrics_server: asyncio.Server | None = None
+        self._unix_path: str | None = None
+        self._remove_unix_path: Callable[[], None] = _nothing
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._armed_changes = -1
@@ -227,19 +273,87 @@ class Server(ServerBase):
     def now(self) -> float:
         return self._loop.time()
 
-    async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
-        self._server = await self._loop.create_server(
-            lambda: _Protocol(self), host, port, backlog=backlog, reuse_address=True
-        )
+    async def start(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        unix_path: str | os.PathLike[str] | None = None,
+        metrics_port: int | None = None,
+        backlog: int = 1024,
+    ) -> None:
+        """Listen on ``host:port`` or ``unix_path``, and on ``host:metrics_port``
+        for ``/healthz`` and ``/metrics`` only (see ``_listen.py``)."""
+        path = check_address(host, port, unix_path, metrics_port)
+        tls = self._tls_context
+        try:
+            if path is not None:
+                sock, self._remove_unix_path = listen_unix(path, backlog)
+                self._unix_path = path
+                self._server = await self._loop.create_unix_server(
+                    lambda: _Protocol(self, tls, False), sock=sock, backlog=backlog
+                )
+            else:
+                assert host is not None  # checked
+                assert port is not None
+                self._server = await self._listen_tcp(host, port, "port", backlog, tls, False)
+            if metrics_port is not None:
+                assert host is not None  # checked
+                self._metrics_server = await self._listen_tcp(
+                    host, metrics_port, "metrics_port", backlog, None, True
+                )
+        except BaseException:
+            await self._close_listeners()
+            raise
+
+    async def _listen_tcp(
+        self,
+        host: str,
+        port: int,
+        name: str,
+        backlog: int,
+        tls: _ssl.SSLContext | None,
+        plain_only: bool,
+    ) -> asyncio.Server:
+        try:
+            return await self._loop.create_server(
+                lambda: _Protocol(self, tls, plain_only),
+                host,
+                port,
+                backlog=backlog,
+                reuse_address=True,
+            )
+        except OSError as error:
+            raise listen_error(error, tcp_where(host, port, name)) from error
+
+    async def _close_listeners(self) -> None:
+        for server in (self._server, self._metrics_server):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        self._server = self._metrics_server = None
+        self._remove_unix_path()
+        self._remove_unix_path = _nothing
 
     @property
     def sockets(self) -> list[socket.socket]:
+        """The WebSocket listener's sockets."""
         return list(self._server.sockets) if self._server is not None else []
 
     @property
     def port(self) -> int:
-        """The port of the first listening socket (useful with port 0)."""
+        """The port of the first TCP listening socket (useful with port 0)."""
+        if self._unix_path is not None:
+            raise RuntimeError(f"this server listens on the unix socket {self._unix_path}")
         port: int = self.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The metrics listener's port (None: there is none)."""
+        if self._metrics_server is None:
+            return None
+        port: int = self._metrics_server.sockets[0].getsockname()[1]
         return port
 
     def begin_drain(self) -> None:
@@ -263,10 +377,7 @@ class Server(ServerBase):
     async def aclose(self) -> None:
         """Stop listening; cancel handlers still running; terminate what is
         still open (cause ``server_stopped``); release the timer."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        await self._close_listeners()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -350,25 +461,36 @@ class Server(ServerBase):
             self._drained.set()
 
 
+def _nothing() -> None:
+    pass
+
+
 def serve(
     handler: Handler,
-    host: str,
-    port: int,
+    host: str | None = None,
+    port: int | None = None,
     *,
+    unix_path: str | os.PathLike[str] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    metrics_port: int | None = None,
     backlog: int = 1024,
     process_request: AsyncProcessRequest | None = None,
     **hub: Unpack[HubOptions],
 ) -> Serving:
-    """Serve ``handler`` on ``host:port`` (``config``, ``entropy``,
-    ``broker``: :class:`HubOptions`; ``process_request``: the handshake
-    hook). ``await`` it for the running :class:`Server`, or ``async with``
-    it: leaving the block drains the server, then closes it."""
+    """Serve ``handler`` on ``host:port``, or on the unix socket
+    ``unix_path``; over TLS with ``ssl``; ``/healthz`` and ``/metrics`` also
+    on ``host:metrics_port`` (``config``, ``entropy``, ``broker``:
+    :class:`HubOptions`; ``process_request``: the handshake hook). ``await``
+    it for the running :class:`Server`, or ``async with`` it: leaving the
+    block drains the server, then closes it."""
+    check_address(host, port, unix_path, metrics_port)  # at the call, before anything is made
 
     async def start() -> Server:
-        server = Server(
-            handler, driver_hub(defer_handshake=process_request is not None, **hub), process_request
+        driver = driver_hub(defer_handshake=process_request is not None, **hub)
+        server = Server(handler, driver, process_request, ssl=ssl)
+        await server.start(
+            host, port, unix_path=unix_path, metrics_port=metrics_port, backlog=backlog
         )
-        await server.start(host, port, backlog=backlog)
         return server
 
     return Serving(start)

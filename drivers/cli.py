@@ -1,6 +1,8 @@
 """``wslifecycle serve``: the pub/sub relay (or an echo server) on any driver.
 
     wslifecycle serve --port 8765 --heartbeat-interval 30 --allow-no-origin
+    wslifecycle serve --certfile cert.pem --keyfile key.pem --metrics-port 9100
+    wslifecycle serve --unix /run/wslifecycle.sock
 
 Runs until SIGTERM or SIGINT, then drains (new handshakes get 503, every
 connection is closed with 1001, stragglers are terminated at the drain
@@ -15,10 +17,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from wslifecycle import Config, ConfigError, HeartbeatMode, __version__
 
-__all__ = ["build_config", "main", "parser"]
+from ._tls import server_context
+
+__all__ = ["announce", "build_config", "listen_options", "main", "parser"]
 
 DRIVERS = ("asyncio", "selector", "trio")
 
@@ -36,8 +41,27 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = serve.add_argument
-    add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    add("--port", type=int, default=8765, help="port to listen on; 0 picks one (default: 8765)")
+    add(
+        "--host",
+        default="127.0.0.1",
+        help="address of the TCP listeners, --port and --metrics-port (default: 127.0.0.1)",
+    )
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument(
+        "--port", type=int, default=8765, help="port to listen on; 0 picks one (default: 8765)"
+    )
+    where.add_argument(
+        "--unix", metavar="PATH", help="listen on this unix domain socket instead of --port"
+    )
+    add(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve /healthz and /metrics (nothing else, plain HTTP) on this port of --host",
+    )
+    add("--certfile", metavar="PATH", help="serve wss://: the PEM certificate chain (and key)")
+    add("--keyfile", metavar="PATH", help="the PEM private key, if not in --certfile")
     add("--driver", choices=DRIVERS, default="asyncio", help="I/O driver (default: asyncio)")
     add(
         "--workers",
@@ -177,12 +201,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if args.keyfile and not args.certfile:
+        print("wslifecycle: --keyfile needs --certfile", file=sys.stderr)
+        return 2
+    try:
+        args.ssl = server_context(args.certfile, args.keyfile) if args.certfile else None
+    except OSError as error:  # ssl.SSLError included
+        print(f"wslifecycle: cannot use the certificate: {error}", file=sys.stderr)
+        return 2
     try:
         runner = _runner(args.driver)
     except ImportError as error:
         print(f"wslifecycle: driver {args.driver} is not available: {error}", file=sys.stderr)
         return 2
     return runner(args, config)
+
+
+def listen_options(args: argparse.Namespace) -> dict[str, Any]:
+    """serve()'s listener arguments from the flags: ``--unix`` replaces
+    ``--port``; ``--host`` is where the TCP listeners bind."""
+    options: dict[str, Any] = {"ssl": args.ssl, "metrics_port": args.metrics_port}
+    if args.unix is None:
+        options.update(host=args.host, port=args.port)
+    else:
+        options["unix_path"] = args.unix
+        if args.metrics_port is not None:
+            options["host"] = args.host
+    return options
+
+
+def announce(
+    args: argparse.Namespace, driver: str, address: tuple[str, int] | None, metrics_port: int | None
+) -> None:
+    """The lines on stdout that tell scripts and tests where the server
+    listens (the ports, with ``--port 0``); ``address`` is None on a unix socket."""
+    scheme = "wss" if args.ssl is not None else "ws"
+    if address is None:
+        where = f"{scheme}+unix:{args.unix}"
+    else:
+        where = f"{scheme}://{_host(address[0])}:{address[1]}"
+    print(f"wslifecycle: serving {args.mode} on {where} (driver {driver})", flush=True)
+    if metrics_port is not None:
+        metrics = f"http://{_host(args.host)}:{metrics_port}/metrics"
+        print(f"wslifecycle: metrics on {metrics}", flush=True)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _runner(driver: str) -> Callable[[argparse.Namespace, Config], int]:

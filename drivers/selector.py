@@ -49,6 +49,11 @@ where a handler task lives as long as its connection)::
   :class:`~wslifecycle.ConnectionClosed` ends quietly. Either way the
   messages still queued are dropped: nobody can answer them.
 
+Listeners: ``host:port`` or ``unix_path``, and ``host:metrics_port`` for
+``/healthz`` and ``/metrics`` only. With ``ssl``, TLS runs in the I/O thread
+(``_tls.TlsSession``, memory buffers): raw bytes → the session → plaintext
+to the wire, the wire's output → the session → the socket.
+
 Backpressure, teardown and drain are the core's; the driver only carries
 them out (while the wire says ``reading_paused`` the socket is not selected
 for reading). ``begin_drain`` is thread-safe and takes no lock (a signal
@@ -64,11 +69,12 @@ import os
 import queue
 import selectors
 import socket
+import ssl as _ssl
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
 from wslifecycle import ConnectionClosed, State
 from wslifecycle.handshake import HandshakeRequest, ProcessRequest
@@ -86,6 +92,8 @@ from ._common import (
     peer_address,
     reset_socket,
 )
+from ._listen import check_address, listen_error, listen_unix, tcp_where
+from ._tls import TlsSession, check_context, feed_wire
 
 __all__ = ["Connection", "Handler", "Server", "echo_handler", "relay_handler", "serve"]
 
@@ -104,6 +112,9 @@ ACCEPT_BATCH = 64
 ACCEPT_RETRY_DELAY = 1.0
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+#: What an accept gives the batch: the socket, its peer, whether it came
+#: from the metrics listener.
+_Accepted = tuple[socket.socket, Any, bool]
 
 
 class Connection(ConnectionBase):
@@ -177,14 +188,25 @@ class _Transport:
         "events",
         "lingering",
         "outbound",
+        "peer",
         "server",
         "sock",
+        "tls",
     )
 
-    def __init__(self, server: Server, conn: Connection, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        server: Server,
+        conn: Connection,
+        sock: socket.socket,
+        peer: Any,
+        tls: TlsSession | None,
+    ) -> None:
         self.server = server
         self.conn = conn
         self.sock: socket.socket | None = sock  # None once closed
+        self.peer = peer  # (host, port) over TCP; "" over a unix socket
+        self.tls = tls
         self.outbound = bytearray()
         self.events = 0  # what the selector watches for; 0 = not registered
         self.closing = False  # close the socket once ``outbound`` is written
@@ -193,9 +215,13 @@ class _Transport:
     # TransportOps
     def write(self, data: bytes) -> None:
         if self.sock is not None:
+            if self.tls is not None:
+                data = self.tls.encrypt(data)
             self.outbound += data
 
     def close(self) -> None:
+        if not self.closing and self.tls is not None and self.sock is not None:
+            self.outbound += self.tls.close()  # close_notify, best effort
         self.closing = True
 
     def abort(self) -> None:
@@ -270,10 +296,14 @@ class Server(ServerBase):
         hub: Hub,
         workers: int = DEFAULT_WORKERS,
         process_request: ProcessRequest | None = None,
+        *,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         self._handler = handler
         self._process_request = process_request
         self.hub = hub
+        self._tls_context = check_context(ssl)
+        self._workers = _Workers(workers, self._run_handler)  # checked before sockets exist
         self._lock = threading.Lock()
         # Guarded by the lock:
         self._transports: dict[ServerConnection, _Transport] = {}
@@ -285,47 +315,85 @@ class Server(ServerBase):
         self._stop_requested = False
         # The I/O thread's own:
         self._selector = selectors.DefaultSelector()
-        self._listener: socket.socket | None = None
+        # Listening socket → whether it is the metrics listener (plain HTTP only).
+        self._listeners: dict[socket.socket, bool] = {}
+        self._unix_path: str | None = None
+        self._remove_unix_path: Callable[[], None] = _nothing
         self._wake_recv, self._wake_send = socket.socketpair()
         self._next_wakeup: float | None = None
         self._accept_resume_at: float | None = None
         self._drained = False
         self._finished = threading.Event()
         self._io_thread = threading.Thread(target=self._run, name="wslifecycle-io", daemon=True)
-        self._workers = _Workers(workers, self._run_handler)
 
     # ----------------------------------------------------------------- control
 
     def now(self) -> float:
         return time.monotonic()
 
-    def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
+    def start(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        unix_path: str | os.PathLike[str] | None = None,
+        metrics_port: int | None = None,
+        backlog: int = 1024,
+    ) -> None:
+        """Listen on ``host:port`` or ``unix_path``, and on ``host:metrics_port``
+        for ``/healthz`` and ``/metrics`` only (see ``_listen.py``); start the
+        threads."""
         try:
-            listener = socket.create_server((host, port), backlog=backlog)
-        except OSError:
+            path = check_address(host, port, unix_path, metrics_port)
+            if path is not None:
+                sock, self._remove_unix_path = listen_unix(path, backlog)
+                self._unix_path = path
+                self._listeners[sock] = False
+            else:
+                assert host is not None  # checked
+                assert port is not None
+                self._listeners[_listen_tcp(host, port, "port", backlog)] = False
+            if metrics_port is not None:
+                assert host is not None  # checked
+                self._listeners[_listen_tcp(host, metrics_port, "metrics_port", backlog)] = True
+        except BaseException:
+            for listener in self._listeners:
+                listener.close()
+            self._remove_unix_path()
             self._selector.close()
             self._wake_recv.close()
             self._wake_send.close()
             raise
-        listener.setblocking(False)
-        self._listener = listener
         for sock in (self._wake_recv, self._wake_send):
             sock.setblocking(False)
-        self._selector.register(listener, _READ)
+        for listener in self._listeners:
+            listener.setblocking(False)
+            self._selector.register(listener, _READ)
         self._selector.register(self._wake_recv, _READ)
         self._workers.start()
         self._io_thread.start()
 
     @property
     def sockets(self) -> list[socket.socket]:
-        return [self._listener] if self._listener is not None else []
+        """The WebSocket listener's socket."""
+        return [sock for sock, plain_only in self._listeners.items() if not plain_only]
 
     @property
     def port(self) -> int:
-        """The listening port (useful with port 0)."""
-        assert self._listener is not None
-        port: int = self._listener.getsockname()[1]
+        """The listening TCP port (useful with port 0)."""
+        if self._unix_path is not None:
+            raise RuntimeError(f"this server listens on the unix socket {self._unix_path}")
+        port: int = self.sockets[0].getsockname()[1]
         return port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The metrics listener's port (None: there is none)."""
+        for sock, plain_only in self._listeners.items():
+            if plain_only:
+                port: int = sock.getsockname()[1]
+                return port
+        return None
 
     @property
     def threads(self) -> list[threading.Thread]:
@@ -467,7 +535,7 @@ class Server(ServerBase):
         """Wait for sockets or the next wake-up, then handle one batch.
         Returns False once the server is done."""
         ready = self._selector.select(self._select_timeout())
-        accepted: list[tuple[socket.socket, object]] = []
+        accepted: list[_Accepted] = []
         inputs: list[tuple[_Transport, bytes]] = []
         writable: list[_Transport] = []
         # Socket reads need no lock: only this thread touches sockets.
@@ -479,36 +547,39 @@ class Server(ServerBase):
                     inputs.append((transport, data))
                 if mask & _WRITE:
                     writable.append(transport)
-            elif key.fileobj is self._listener:
-                self._accept_some(accepted)
-            else:
+            elif key.fileobj is self._wake_recv:
                 self._clear_wakeups()
+            elif self._accept_resume_at is None:  # not paused earlier in this batch
+                assert isinstance(key.fileobj, socket.socket)
+                self._accept_some(key.fileobj, accepted)
         self._resume_accepting()
         with self._lock:
             return self._handle_batch(accepted, inputs, writable)
 
     def _handle_batch(
         self,
-        accepted: list[tuple[socket.socket, object]],
+        accepted: list[_Accepted],
         inputs: list[tuple[_Transport, bytes]],
         writable: list[_Transport],
     ) -> bool:
         now = self.now()
         hub = self.hub
         self._wake_pending = True  # awake: what is touched now needs no wake-up byte
-        for sock, address in accepted:
-            self._open(sock, address, now)
+        for sock, peer, plain_only in accepted:
+            self._open(sock, peer, plain_only, now)
         pending = self._pending
         # Input first: a pong that arrived is credited before its deadline runs.
         for transport, data in inputs:
             if transport.sock is None:
                 continue  # dropped earlier in this batch
             wire = transport.conn.wire
-            if data:
-                wire.receive_data(data, now)
-            else:  # EOF or a socket error: nothing more is written
+            if not data:  # EOF or a socket error: nothing more is written
                 wire.receive_eof(now)
                 transport.outbound.clear()
+            elif transport.tls is None:
+                wire.receive_data(data, now)
+            else:  # the session's records go before the wire's output
+                transport.outbound += feed_wire(transport.tls, wire, data, now)
             pending[transport] = None
         pending.update(dict.fromkeys(writable))
         if self._drain_requested and not hub.draining:
@@ -526,32 +597,35 @@ class Server(ServerBase):
             return False
         return not self._stop_requested
 
-    def _accept_some(self, accepted: list[tuple[socket.socket, object]]) -> None:
-        listener = self._listener
-        assert listener is not None
+    def _accept_some(self, listener: socket.socket, accepted: list[_Accepted]) -> None:
+        plain_only = self._listeners[listener]
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, address = listener.accept()
+                sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
                 if error.errno in _ACCEPT_RESOURCE_ERRORS:
                     # Level-triggered: a full descriptor table would spin.
+                    # Every listener shares that table: all of them pause.
                     log.warning("accept paused for %.1f s: %s", ACCEPT_RETRY_DELAY, error)
-                    self._selector.unregister(listener)
+                    for each in self._listeners:
+                        self._selector.unregister(each)
                     self._accept_resume_at = time.monotonic() + ACCEPT_RETRY_DELAY
                 else:
                     log.warning("accept failed: %s", error)  # e.g. ECONNABORTED
                 return
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            accepted.append((sock, address))
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            accepted.append((sock, peer, plain_only))
 
     def _resume_accepting(self) -> None:
         resume = self._accept_resume_at
-        if resume is not None and time.monotonic() >= resume and self._listener is not None:
+        if resume is not None and time.monotonic() >= resume:
             self._accept_resume_at = None
-            self._selector.register(self._listener, _READ)
+            for listener in self._listeners:
+                self._selector.register(listener, _READ)
 
     def _clear_wakeups(self) -> None:
         try:
@@ -572,9 +646,12 @@ class Server(ServerBase):
             return b""
         return _RECEIVE[:size].tobytes()
 
-    def _open(self, sock: socket.socket, address: object, now: float) -> None:
-        wire = self.hub.open(now, peer_address(address))
-        transport = _Transport(self, Connection(self, wire), sock)
+    def _open(self, sock: socket.socket, peer: Any, plain_only: bool, now: float) -> None:
+        # Opened at the TCP accept: the handshake deadline covers TLS too.
+        wire = self.hub.open(now, peer_address(peer), plain_only=plain_only)
+        context = None if plain_only else self._tls_context
+        tls = TlsSession(context) if context is not None else None
+        transport = _Transport(self, Connection(self, wire), sock, peer, tls)
         self._transports[wire] = transport
         self._selector.register(sock, _READ, transport)
         transport.events = _READ
@@ -639,30 +716,50 @@ class Server(ServerBase):
             for transport in list(self._transports.values()):
                 carry_out(transport.conn.wire, transport, self)  # the terminate: an RST
                 self._drop(transport, reset=True)
-        if self._listener is not None:
-            self._listener.close()
+        for listener in self._listeners:
+            listener.close()
+        self._remove_unix_path()
         self._selector.close()
         self._wake_recv.close()
         self._wake_send.close()
 
 
+def _nothing() -> None:
+    pass
+
+
+def _listen_tcp(host: str, port: int, name: str, backlog: int) -> socket.socket:
+    """A listening TCP socket; an error names serve() and the address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=backlog)
+    except OSError as error:
+        raise listen_error(error, tcp_where(host, port, name)) from error
+
+
 def serve(
     handler: Handler,
-    host: str,
-    port: int,
+    host: str | None = None,
+    port: int | None = None,
     *,
+    unix_path: str | os.PathLike[str] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    metrics_port: int | None = None,
     workers: int = DEFAULT_WORKERS,
     backlog: int = 1024,
     process_request: ProcessRequest | None = None,
     **hub: Unpack[HubOptions],
 ) -> Server:
-    """Start serving ``handler`` on ``host:port`` with ``workers`` handler
-    threads (``config``, ``entropy``, ``broker``: :class:`HubOptions`;
-    ``process_request``: the handshake hook, run on a handler thread);
-    returns the running server, its I/O thread started."""
+    """Start serving ``handler`` on ``host:port``, or on the unix socket
+    ``unix_path``, with ``workers`` handler threads; over TLS with ``ssl``;
+    ``/healthz`` and ``/metrics`` also on ``host:metrics_port`` (``config``,
+    ``entropy``, ``broker``: :class:`HubOptions`; ``process_request``: the
+    handshake hook, run on a handler thread). Returns the running server,
+    its I/O thread started."""
+    check_address(host, port, unix_path, metrics_port)  # before anything is made
     driver = driver_hub(defer_handshake=process_request is not None, **hub)
-    server = Server(handler, driver, workers, process_request)
-    server.start(host, port, backlog=backlog)
+    server = Server(handler, driver, workers, process_request, ssl=ssl)
+    server.start(host, port, unix_path=unix_path, metrics_port=metrics_port, backlog=backlog)
     return server
 
 

@@ -27,17 +27,26 @@ Tasks, and why there are no others:
 connection's buffer and its writer sends them; the buffer's size (plus what
 is in flight) is the wire's ``write_buffer_size``. While the wire says
 ``reading_paused`` the reader waits. ``Terminate`` = RST (SO_LINGER 0 on a
-``SocketStream``'s socket, the reader and writer cancelled); a graceful close
-is bounded by the hub (``Hub.closing``). Cancellation always reaches CLOSED:
+``SocketStream``'s socket, or the one under a ``trio.SSLStream``, the reader
+and writer cancelled); a graceful close is bounded by the hub
+(``Hub.closing``). Cancellation always reaches CLOSED:
 a connection whose tasks are cancelled is terminated in the core (cause
 ``server_stopped``) and its stream closed in a ``finally``; once the server
 is drained, :func:`serve` cancels whatever handler is left and returns.
+
+Listeners: ``host:port`` or ``unix_path``, and ``host:metrics_port`` for
+``/healthz`` and ``/metrics`` only. With ``ssl`` the WebSocket listeners are
+wrapped in ``trio.SSLListener``: an accepted stream is served at once and
+handshakes on its first read, so the handshake timeout covers TLS too
+(``https_compatible``: no close_notify is sent or required, as HTTPS does).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import ssl as _ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from functools import partial
 from typing import Any, Unpack
@@ -55,6 +64,7 @@ from ._common import (
     answer_handshake,
     carry_out,
     driver_hub,
+    log,
     peer_address,
     reset_socket,
 )
@@ -67,6 +77,8 @@ from ._coroutine import (
     relay_handler,
     run_handler,
 )
+from ._listen import check_address, listen_error, listen_unix, tcp_where
+from ._tls import check_context, describe
 
 __all__ = [
     "Connection",
@@ -156,8 +168,7 @@ class _Transport:
     def abort(self) -> None:
         self.aborting = True
         self.out.clear()
-        if isinstance(self.stream, trio.SocketStream):
-            reset_socket(self.stream.socket)  # the close that follows is an RST
+        reset_socket(_socket_of(self.stream))  # the close that follows is an RST
         self.scope.cancel()
 
     def handshake(self, request: HandshakeRequest) -> None:
@@ -201,6 +212,20 @@ class _Transport:
         self.conn._arrived.set()
 
 
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket under ``stream`` (under its TLS too), if it has one."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream.socket if isinstance(stream, trio.SocketStream) else None
+
+
+def _listener_socket(listener: trio.abc.Listener[trio.abc.Stream]) -> trio.socket.SocketType | None:
+    """The socket a listener accepts on (under its TLS too), if it has one."""
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    return listener.socket if isinstance(listener, trio.SocketListener) else None
+
+
 class Server(ServerBase):
     """A running Trio server: the hub, its connections, the one ticker."""
 
@@ -209,12 +234,15 @@ class Server(ServerBase):
         handler: Handler,
         hub: Hub,
         listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
+        metrics_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         process_request: AsyncProcessRequest | None = None,
     ) -> None:
         self._handler = handler
         self._process_request = process_request
         self.hub = hub
         self.listeners = list(listeners)
+        #: Listeners that answer /healthz and /metrics only.
+        self.metrics_listeners = list(metrics_listeners)
         self._transports: dict[ServerConnection, _Transport] = {}
         self._timer: trio.CancelScope | None = None
         self._drained = trio.Event()
@@ -225,13 +253,22 @@ class Server(ServerBase):
         return trio.current_time()
 
     @property
+    def sockets(self) -> list[trio.socket.SocketType]:
+        """The WebSocket listeners' sockets (under their TLS)."""
+        return [sock for sock in map(_listener_socket, self.listeners) if sock is not None]
+
+    @property
     def port(self) -> int:
         """The port of the first TCP listener (useful with port 0)."""
-        for listener in self.listeners:
-            if isinstance(listener, trio.SocketListener):
-                port: int = listener.socket.getsockname()[1]
-                return port
-        raise RuntimeError("this server has no TCP listener")
+        port = _tcp_port(self.listeners)
+        if port is None:
+            raise RuntimeError("this server has no TCP listener")
+        return port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of the first TCP metrics listener (None: there is none)."""
+        return _tcp_port(self.metrics_listeners)
 
     @property
     def connections(self) -> list[Connection]:
@@ -293,8 +330,9 @@ class Server(ServerBase):
 
     # ------------------------------------------------------------ connections
 
-    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
-        transport = _Transport(self, self.hub.open(trio.current_time(), _peer(stream)), stream)
+    async def _serve_stream(self, stream: trio.abc.Stream, plain_only: bool = False) -> None:
+        wire = self.hub.open(trio.current_time(), _peer(stream), plain_only=plain_only)
+        transport = _Transport(self, wire, stream)
         self._transports[transport.wire] = transport
         self._arm()
         async with trio.open_nursery() as nursery:
@@ -358,9 +396,16 @@ class Server(ServerBase):
                 await transport.writer_wakeup.wait()
 
     def _lost(self, transport: _Transport, error: Exception) -> None:
-        """The stream failed under us (reset, broken pipe)."""
-        transport.wire.transport_lost(trio.current_time(), f"{type(error).__name__}: {error}")
-        self.flush(transport.wire)
+        """The stream failed under us (reset, broken pipe, a TLS failure)."""
+        wire = transport.wire
+        cause = error.__cause__
+        if isinstance(cause, _ssl.SSLError):  # from trio.SSLStream
+            reason = describe(cause)
+            log.info("tls failed connection=%s error=%s", wire.id, reason)
+            wire.transport_lost(trio.current_time(), f"TLS: {reason}")
+        else:
+            wire.transport_lost(trio.current_time(), f"{type(error).__name__}: {error}")
+        self.flush(wire)
         transport.scope.cancel()
 
 
@@ -376,10 +421,22 @@ def _peer(stream: trio.abc.Stream) -> Address | None:
     return None
 
 
-async def serve_stream(server: Server, stream: trio.abc.Stream) -> None:
+def _tcp_port(listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> int | None:
+    for listener in listeners:
+        sock = _listener_socket(listener)
+        if sock is not None and sock.family != trio.socket.AF_UNIX:
+            port: int = sock.getsockname()[1]
+            return port
+    return None
+
+
+async def serve_stream(
+    server: Server, stream: trio.abc.Stream, *, plain_only: bool = False
+) -> None:
     """Serve one accepted stream (any ``trio.abc.Stream``) on ``server`` until
-    its connection has ended and its handler returned; the stream is closed."""
-    await server._serve_stream(stream)
+    its connection has ended and its handler returned; the stream is closed.
+    ``plain_only``: answer ``/healthz`` and ``/metrics`` only (404 otherwise)."""
+    await server._serve_stream(stream, plain_only)
 
 
 async def serve_listeners(
@@ -387,27 +444,30 @@ async def serve_listeners(
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
     *,
     process_request: AsyncProcessRequest | None = None,
+    metrics_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     **hub: Unpack[HubOptions],
 ) -> None:
     """Serve ``handler`` on ``listeners`` (possibly none: feed it with
-    :func:`serve_stream`) until drained (``config``, ``entropy``, ``broker``:
-    :class:`HubOptions`; ``process_request``: the handshake hook, a function
-    or a coroutine function). With ``nursery.start`` it returns the
-    :class:`Server` once listening."""
+    :func:`serve_stream`), and ``/healthz`` and ``/metrics`` only on
+    ``metrics_listeners``, until drained (``config``, ``entropy``,
+    ``broker``: :class:`HubOptions`; ``process_request``: the handshake
+    hook, a function or a coroutine function). With ``nursery.start`` it
+    returns the :class:`Server` once listening."""
     driver = driver_hub(defer_handshake=process_request is not None, **hub)
-    server = Server(handler, driver, listeners, process_request)
+    server = Server(handler, driver, listeners, metrics_listeners, process_request)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server._tick_forever)
-        if listeners:
-            await nursery.start(
-                partial(
-                    trio.serve_listeners,
-                    partial(serve_stream, server),
-                    list(listeners),
-                    handler_nursery=nursery,
+        for serving, plain_only in ((listeners, False), (metrics_listeners, True)):
+            if serving:
+                await nursery.start(
+                    partial(
+                        trio.serve_listeners,
+                        partial(serve_stream, server, plain_only=plain_only),
+                        list(serving),
+                        handler_nursery=nursery,
+                    )
                 )
-            )
         task_status.started(server)
         await server._drained.wait()
         nursery.cancel_scope.cancel()  # stop listening, the ticker, lingering handlers
@@ -415,27 +475,60 @@ async def serve_listeners(
 
 def serve(
     handler: Handler,
-    host: str,
-    port: int,
+    host: str | None = None,
+    port: int | None = None,
     *,
+    unix_path: str | os.PathLike[str] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    metrics_port: int | None = None,
     backlog: int = 1024,
     process_request: AsyncProcessRequest | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     **hub: Unpack[HubOptions],
 ) -> Serving:
-    """Serve ``handler`` on ``host:port`` until drained: start it with
-    ``server = await nursery.start(serve, handler, host, port)``, or ``async
-    with serve(handler, host, port) as server:`` (leaving the block drains)."""
+    """Serve ``handler`` on ``host:port``, or on the unix socket
+    ``unix_path``, until drained; over TLS with ``ssl``; ``/healthz`` and
+    ``/metrics`` also on ``host:metrics_port``; ``process_request``: the
+    handshake hook. Start it with ``server = await nursery.start(serve,
+    handler, host, port)``, or ``async with serve(handler, host, port) as
+    server:`` (leaving the block drains)."""
+    path = check_address(host, port, unix_path, metrics_port)  # at the call: nothing made yet
+    context = check_context(ssl)
 
     async def run(task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
-        await serve_listeners(
-            handler,
-            listeners,
-            process_request=process_request,
-            task_status=task_status,
-            **hub,
-        )
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+        metrics_listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+        remove_unix_path = _nothing
+        try:
+            if path is not None:
+                sock, remove_unix_path = listen_unix(path, backlog)
+                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            else:
+                assert host is not None  # checked
+                assert port is not None
+                listeners += await _listen_tcp(host, port, "port", backlog)
+            if metrics_port is not None:
+                assert host is not None  # checked
+                metrics_listeners += await _listen_tcp(host, metrics_port, "metrics_port", backlog)
+            if context is not None:
+                listeners = [
+                    trio.SSLListener(listener, context, https_compatible=True)
+                    for listener in listeners
+                ]
+            await serve_listeners(
+                handler,
+                listeners,
+                metrics_listeners=metrics_listeners,
+                process_request=process_request,
+                task_status=task_status,
+                **hub,
+            )
+        finally:
+            for listener in (*listeners, *metrics_listeners):
+                listening = _listener_socket(listener)
+                if listening is not None:
+                    listening.close()  # closed already if serving began: no effect then
+            remove_unix_path()
 
     return Serving(run, task_status)
 
@@ -492,3 +585,16 @@ async def _running(run: Callable[..., Coroutine[Any, Any, None]]) -> AsyncIterat
             yield server
         finally:
             server.begin_drain()  # the nursery waits until it is drained
+
+
+def _nothing() -> None:
+    pass
+
+
+async def _listen_tcp(host: str, port: int, name: str, backlog: int) -> list[trio.SocketListener]:
+    """Trio's TCP listeners (one per address of ``host``); an error names
+    serve() and the address."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    except OSError as error:
+        raise listen_error(error, tcp_where(host, port, name)) from error

@@ -180,6 +180,7 @@ class ServerConnection:
         peer_address: Address | None = None,
         defer_handshake: bool = False,
         pages: frozenset[str] = frozenset(),
+        plain_only: bool = False,
     ) -> None:
         """``responder`` answers plain HTTP requests (default: ``/healthz``
         only), those for ``pages`` included: paths answered as plain HTTP
@@ -190,10 +191,13 @@ class ServerConnection:
         (``wire.mask``). ``peer_address`` is the socket's peer, as the
         driver knows it. ``defer_handshake``: hand each upgrade request that
         passed the origin policy to the caller (``HandshakeRequested``)
-        instead of accepting it."""
+        instead of accepting it. ``plain_only``: answer the plain HTTP
+        endpoints only, never upgrade (a metrics port)."""
         self.lifecycle = scheduler.open(now)
         self._config = scheduler.config
-        self._http: RequestReader | None = RequestReader(scheduler.config, pages)
+        self._http: RequestReader | None = RequestReader(
+            scheduler.config, pages, plain_only=plain_only
+        )
         self._responder = responder or health_responder(scheduler)
         self._release = release_channels
         self._on_closed = on_closed

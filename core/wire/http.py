@@ -10,6 +10,7 @@ request asks for the upgrade), or a refusal with its status (RFC 6455
 =====  ===========================================================
 400    malformed HTTP, HTTP/1.0, a missing or bad Sec-WebSocket-Key,
        a body on an upgrade request
+404    any other path than the plain endpoints on a plain-only listener
 405    an upgrade request whose method is not GET (``Allow: GET``)
 414    a request line longer than ``max_request_line``
 426    a WebSocket path without the upgrade headers, or a version other
@@ -127,16 +128,22 @@ class RequestReader:
     h11 complete, in one call: so every check runs on the same bytes in the
     same order, and the verdict never depends on how the head was chunked
     (h11 alone would apply its size cap only to heads still arriving). Feed it
-    until it returns a verdict, then discard it."""
+    until it returns a verdict, then discard it.
 
-    __slots__ = ("_buffer", "_config", "_pages", "_scanned")
+    ``plain_only``: only the plain endpoints exist; every other path is 404,
+    an upgrade request included (a listener for probes and scrapes)."""
 
-    def __init__(self, config: Config, pages: frozenset[str] = frozenset()) -> None:
+    __slots__ = ("_buffer", "_config", "_pages", "_plain_only", "_scanned")
+
+    def __init__(
+        self, config: Config, pages: frozenset[str] = frozenset(), *, plain_only: bool = False
+    ) -> None:
         """``pages``: paths that are also plain HTTP pages. A request for one
         without ``Upgrade: websocket`` is a :class:`PlainRequest`; with it,
         the path is a WebSocket endpoint like any other."""
         self._config = config
         self._pages = pages
+        self._plain_only = plain_only
         self._buffer = bytearray()
         self._scanned = 0  # the end of the head is not before this offset
 
@@ -199,6 +206,8 @@ class RequestReader:
             if method not in ("GET", "HEAD"):
                 return Refusal(405, "use GET", (("allow", "GET, HEAD"),))
             return PlainRequest(request)
+        if self._plain_only:
+            return Refusal(404, "not found: this listener serves /healthz and /metrics only")
         return self._judge_upgrade(request, connection)
 
     def _judge_upgrade(self, request: HttpRequest, connection: h11.Connection) -> Verdict:

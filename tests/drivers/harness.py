@@ -91,12 +91,14 @@ class ServerThread:
 
     driver = "abstract"
 
-    def __init__(self, config: Config, mode: str = "relay", **serve_options: Any) -> None:
+    def __init__(self, config: Config, mode: str = "relay", **listen: Any) -> None:
+        """``listen``: serve()'s arguments beyond loopback and a free port
+        (``unix_path``, ``ssl``, ``metrics_port``, ``process_request``)."""
         self.config = config
         self.mode = mode
-        #: Passed on to the driver's ``serve`` (``process_request``, ...).
-        self.serve_options = serve_options
+        self.listen = listen
         self.port = 0
+        self.metrics_port: int | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name=f"server-{self.driver}")
@@ -124,6 +126,25 @@ class ServerThread:
         except BaseException as error:  # reported to the test thread
             self._error = error
             self._ready.set()
+
+    def listen_args(self) -> dict[str, Any]:
+        """serve()'s address arguments: 127.0.0.1 and a free port, or a unix
+        socket (with 127.0.0.1 kept for a metrics port)."""
+        args: dict[str, Any] = {"host": "127.0.0.1", "port": 0}
+        if "unix_path" in self.listen:
+            del args["port"]
+            if "metrics_port" not in self.listen:
+                del args["host"]
+        args.update(self.listen)
+        return args
+
+    def _started(self, server: Any) -> None:
+        """Record the running server's hub and ports, then report ready."""
+        self.hub = server.hub
+        if "unix_path" not in self.listen:
+            self.port = server.port
+        self.metrics_port = server.metrics_port
+        self._ready.set()
 
     # Each driver implements these three.
     def run(self) -> None:

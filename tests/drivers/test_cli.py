@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import pathlib
+import re
+import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 
 import pytest
+import trustme
+import websockets
+from websockets.asyncio.client import unix_connect
 
 import wslifecycle
 from wslifecycle.drivers import cli
+
+DRIVERS = list(cli.DRIVERS)
 
 
 def test_version_prints_the_package_version() -> None:
@@ -69,3 +81,158 @@ def test_trust_proxy_alone_trusts_loopback_and_takes_networks() -> None:
     assert trusted() == frozenset()
     assert trusted("--trust-proxy") == {"loopback"}
     assert trusted("--trust-proxy", "10.0.0.0/8", "--trust-proxy", "unix") == {"10.0.0.0/8", "unix"}
+
+
+# ------------------------------------------------------------ listeners
+
+
+def test_keyfile_without_certfile_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--keyfile", "key.pem"]) == 2
+    assert capsys.readouterr().err == "wslifecycle: --keyfile needs --certfile\n"
+
+
+def test_a_missing_certificate_is_one_line_naming_the_flag_and_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    missing = tmp_path / "missing.pem"
+    assert cli.main(["serve", "--certfile", str(missing)]) == 2
+    assert capsys.readouterr().err == (
+        "wslifecycle: cannot use the certificate:"
+        f" --certfile {missing}: No such file or directory\n"
+    )
+
+
+def test_a_certificate_that_is_not_pem_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    garbage = tmp_path / "cert.pem"
+    garbage.write_text("not a certificate\n")
+    assert cli.main(["serve", "--certfile", str(garbage)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wslifecycle: cannot use the certificate: ")
+    assert err.count("\n") == 1
+
+
+def test_unix_and_port_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.parser().parse_args(["serve", "--unix", "/tmp/x.sock", "--port", "1"])
+    assert exited.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_listen_options_follow_the_flags() -> None:
+    """--unix replaces --port; --host stays only for --metrics-port."""
+
+    def options(*argv: str) -> dict[str, object]:
+        args = cli.parser().parse_args(["serve", *argv])
+        args.ssl = None
+        return cli.listen_options(args)
+
+    assert options() == {"ssl": None, "metrics_port": None, "host": "127.0.0.1", "port": 8765}
+    assert options("--unix", "/run/a.sock") == {
+        "ssl": None,
+        "metrics_port": None,
+        "unix_path": "/run/a.sock",
+    }
+    assert options("--unix", "/run/a.sock", "--metrics-port", "9100", "--host", "::1") == {
+        "ssl": None,
+        "metrics_port": 9100,
+        "unix_path": "/run/a.sock",
+        "host": "::1",
+    }
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, ssl.SSLContext]:
+    """A certificate chain file with its key (trustme), and a client
+    context that trusts it."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    path = tmp_path_factory.mktemp("tls") / "server.pem"
+    issued.private_key_and_cert_chain_pem.write_to_path(str(path))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return path, client
+
+
+def run_cli(*argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "wslifecycle.drivers", "serve", "--mode", "echo",
+         "--allow-no-origin", "--log-level", "warning", *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def stop(process: subprocess.Popen[str]) -> int:
+    """SIGTERM, the exit status; nothing left running or open."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        return process.wait(15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_serve_over_tls_with_a_metrics_port(
+    driver: str, certificate: tuple[pathlib.Path, ssl.SSLContext]
+) -> None:
+    """--certfile: the banner says wss://, a wss client echoes; --metrics-port:
+    a second line says where /metrics is, and it answers there."""
+    path, client_context = certificate
+    process = run_cli(
+        "--driver", driver, "--port", "0", "--metrics-port", "0", "--certfile", str(path)
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        match = re.fullmatch(
+            rf"wslifecycle: serving echo on wss://127\.0\.0\.1:(\d+) \(driver {driver}\)\n", banner
+        )
+        assert match, banner
+        metrics = process.stdout.readline()
+        found = re.fullmatch(
+            r"wslifecycle: metrics on http://127\.0\.0\.1:(\d+)/metrics\n", metrics
+        )
+        assert found, metrics
+
+        async def client() -> None:
+            url = f"wss://127.0.0.1:{match[1]}/"
+            async with websockets.connect(url, ssl=client_context) as ws:
+                await ws.send("secret")
+                assert await ws.recv() == "secret"
+
+        asyncio.run(client())
+        with socket.create_connection(("127.0.0.1", int(found[1])), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+    finally:
+        assert stop(process) == 0
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_serve_on_a_unix_socket(driver: str) -> None:
+    """--unix: the banner names the socket; a client echoes; the file is gone
+    after the drain."""
+    with tempfile.TemporaryDirectory(prefix="wsl-") as directory:
+        path = os.path.join(directory, "cli.sock")
+        process = run_cli("--driver", driver, "--unix", path)
+        try:
+            assert process.stdout is not None
+            banner = process.stdout.readline()
+            assert banner == f"wslifecycle: serving echo on ws+unix:{path} (driver {driver})\n"
+
+            async def client() -> None:
+                async with unix_connect(path, "ws://localhost/") as ws:
+                    await ws.send("local")
+                    assert await ws.recv() == "local"
+
+            asyncio.run(client())
+        finally:
+            assert stop(process) == 0
+        assert not os.path.exists(path)

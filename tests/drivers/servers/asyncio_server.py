@@ -25,10 +25,8 @@ class AsyncioServerThread(ServerThread):
 
         self.loop = asyncio.get_running_loop()
         handler = self.custom_handler or (relay_handler if self.mode == "relay" else echo_handler)
-        self.server = await serve(handler, "127.0.0.1", 0, config=self.config, **self.serve_options)
-        self.hub = self.server.hub
-        self.port = self.server.port
-        self._ready.set()
+        self.server = await serve(handler, **self.listen_args(), config=self.config)
+        self._started(self.server)
         await self.server.serve_forever()
 
     def request_drain(self) -> None:

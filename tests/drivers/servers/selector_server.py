@@ -30,17 +30,8 @@ class SelectorServerThread(ServerThread):
         from wslifecycle.drivers.selector import echo_handler, relay_handler, serve
 
         handler = self.custom_handler or (relay_handler if self.mode == "relay" else echo_handler)
-        self.server = serve(
-            handler,
-            "127.0.0.1",
-            0,
-            config=self.config,
-            workers=self.workers,
-            **self.serve_options,
-        )
-        self.hub = self.server.hub
-        self.port = self.server.port
-        self._ready.set()
+        self.server = serve(handler, **self.listen_args(), config=self.config, workers=self.workers)
+        self._started(self.server)
         drained = self.server.wait_drained()
         self.server.close()
         if not drained:
@@ -58,9 +49,8 @@ class SelectorServerThread(ServerThread):
         return threading.active_count()
 
     def _id_for_port(self, port: int) -> str | None:
-        for wire in self.server._transports:
-            peer = wire.peer_address
-            if isinstance(peer, tuple) and peer[1] == port:
+        for wire, transport in self.server._transports.items():
+            if isinstance(transport.peer, tuple) and transport.peer[1] == port:
                 return wire.id
         return None
 

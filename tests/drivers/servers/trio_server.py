@@ -28,11 +28,9 @@ class TrioServerThread(ServerThread):
         handler = self.custom_handler or (relay_handler if self.mode == "relay" else echo_handler)
         async with trio.open_nursery() as nursery:
             self.server: Server = await nursery.start(
-                partial(serve, handler, "127.0.0.1", 0, config=self.config, **self.serve_options)
+                partial(serve, handler, **self.listen_args(), config=self.config)
             )
-            self.hub = self.server.hub
-            self.port = self.server.port
-            self._ready.set()
+            self._started(self.server)
 
     def request_drain(self) -> None:
         trio.from_thread.run_sync(self.server.begin_drain, trio_token=self.token)
