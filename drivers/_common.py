@@ -27,7 +27,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol, TypedDict, Unpack
 
-from wslifecycle import Config, Entropy, MetricsSnapshot, State
+from wslifecycle import Config, Entropy, MetricsSnapshot, State, TerminationCause
 from wslifecycle.actions import (
     AcceptUpgrade,
     Alert,
@@ -193,9 +193,12 @@ def carry_out(wire: ServerConnection, ops: TransportOps) -> None:
 
 
 def log_transition(event: StateChanged) -> None:
-    """One structured line per transition, with the cause once there is one."""
-    if log.isEnabledFor(logging.INFO):
-        log.info(
+    """One structured line per transition, with the cause once there is one.
+    A plain HTTP request (a probe) is not a connection: debug only."""
+    level = logging.DEBUG if event.cause is TerminationCause.PLAIN_HTTP else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(
+            level,
             "transition connection=%s from=%s to=%s cause=%s",
             event.connection_id,
             event.previous.value,

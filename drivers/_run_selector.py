@@ -9,12 +9,16 @@ from types import FrameType
 
 from wslifecycle import Config
 
+from .cli import start_failed
 from .selector import echo_handler, relay_handler, serve
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     handler = relay_handler if args.mode == "relay" else echo_handler
-    server = serve(handler, args.host, args.port, config=config, workers=args.workers)
+    try:
+        server = serve(handler, args.host, args.port, config=config, workers=args.workers)
+    except (OSError, ValueError) as error:  # no thread was started: one line, no traceback
+        return start_failed(args, error)
 
     def request_drain(signum: int, frame: FrameType | None) -> None:
         server.begin_drain()  # takes no lock: the I/O thread drains

@@ -41,7 +41,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Unpack
 
-import trio
+try:
+    import trio
+except ImportError as missing:  # an optional dependency: say which extra brings it
+    raise ImportError(
+        "wslifecycle.drivers.trio needs trio: pip install 'wslifecycle[trio]'", name=missing.name
+    ) from missing
 
 from wslifecycle import TerminationCause
 from wslifecycle.hub import Hub

@@ -103,6 +103,7 @@ ReleaseHook = Callable[["ServerConnection", tuple[str, ...]], None]
 ClosedHook = Callable[["ServerConnection"], None]
 
 DRAINING, CLOSED = State.DRAINING, State.CLOSED
+_ALLOW_GET_HEAD = (("allow", "GET, HEAD"),)
 
 
 def health_responder(scheduler: Scheduler) -> PlainResponder:
@@ -402,12 +403,19 @@ class ServerConnection:
             self.request = verdict
             lifecycle.request_upgrade(now, origin=verdict.origin, host=verdict.host)
         elif isinstance(verdict, PlainRequest):
-            status, content_type, body = self._responder(verdict.request)
-            head_only = verdict.request.method == "HEAD"
-            self._out.append(
-                render_response(status, body, content_type=content_type, head_only=head_only)
-            )
-            lifecycle.serve_plain_http(now)
+            request = verdict.request
+            # First: the request leaves the connection gauge, so /metrics
+            # does not count the scrape it is answering.
+            lifecycle.serve_plain_http(now, request.path)
+            if request.method in ("GET", "HEAD"):
+                status, content_type, body = self._responder(request)
+                self._out.append(
+                    render_response(
+                        status, body, content_type=content_type, head_only=request.method == "HEAD"
+                    )
+                )
+            else:
+                self._out.append(render_response(405, b"use GET\n", headers=_ALLOW_GET_HEAD))
         else:
             self._refusal = verdict
             lifecycle.reject_upgrade(now, verdict.status, verdict.reason)

@@ -3,7 +3,8 @@
 :class:`RequestReader` takes the first bytes of a connection and returns one
 verdict: a WebSocket upgrade to accept (the origin is judged later, by the
 lifecycle), a plain request for an HTTP endpoint (``/healthz``,
-``/metrics``), or a refusal with its status (RFC 6455 §4.2.1, RFC 9110):
+``/metrics``, whatever its method: the wire answers 405 to all but GET and
+HEAD), or a refusal with its status (RFC 6455 §4.2.1, RFC 9110):
 
 =====  ===========================================================
 400    malformed HTTP, HTTP/1.0, a missing or bad Sec-WebSocket-Key,
@@ -207,8 +208,6 @@ class RequestReader:
             ),
         )
         if request.path in HTTP_ENDPOINTS:
-            if method not in ("GET", "HEAD"):
-                return Refusal(405, "use GET", (("allow", "GET, HEAD"),))
             return PlainRequest(request)
         return self._judge_upgrade(request, connection)
 
