@@ -51,7 +51,9 @@ class TerminationCause(enum.Enum):
     SLOW_CONSUMER = "slow_consumer"
     #: The server is at its connection limit (HTTP 503 before the upgrade).
     CONNECTION_LIMIT = "connection_limit"
-    #: A plain HTTP request (``/healthz``, ``/metrics``) was answered, then closed.
+    #: A plain HTTP request (``/healthz``, ``/metrics``) was answered, then
+    #: closed. A request, not a connection: it is counted in
+    #: ``http_requests``, never in ``closed_by_cause`` (``metrics.py``).
     PLAIN_HTTP = "plain_http"
     #: The handler stopped taking messages: reading stayed paused for
     #: max_missed_pongs + 1 heartbeat slots (close 1013, try again later).

@@ -20,6 +20,15 @@ __all__ = ["Config", "HeartbeatMode", "OriginValidator"]
 KiB = 1024
 MiB = 1024 * 1024
 
+# The defaults that depend on the interval, named once so that help texts
+# (the command line's) can quote the formula the code applies.
+#: ``stall_threshold=None`` means ``min(heartbeat_interval / STALL_DIVISOR, STALL_CAP)``.
+STALL_DIVISOR = 4
+STALL_CAP = 5.0
+#: ``timer_slack=None`` means ``min(heartbeat_interval / SLACK_DIVISOR, SLACK_CAP)``.
+SLACK_DIVISOR = 20
+SLACK_CAP = 0.05
+
 #: ``validator(origin, host) -> allowed``. ``origin`` is None when the request
 #: had no Origin header; ``host`` is the Host header (None if absent).
 OriginValidator = Callable[[str | None, str | None], bool]
@@ -220,14 +229,14 @@ class Config:
         """The stall threshold in force: the configured one or the default."""
         if self.stall_threshold is not None:
             return self.stall_threshold
-        return min(self.heartbeat_interval / 4, 5.0)
+        return min(self.heartbeat_interval / STALL_DIVISOR, STALL_CAP)
 
     @property
     def effective_timer_slack(self) -> float:
         """The timer slack in force: the configured one or the default."""
         if self.timer_slack is not None:
             return self.timer_slack
-        return min(self.heartbeat_interval / 20, 0.05)
+        return min(self.heartbeat_interval / SLACK_DIVISOR, SLACK_CAP)
 
     @property
     def detection_bound(self) -> float:

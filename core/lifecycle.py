@@ -198,11 +198,25 @@ class ConnectionLifecycle:
             raise ValueError(f"an upgrade refusal needs an HTTP status 300-599, got {status!r}")
         self._reject(now, status, reason, TerminationCause.HANDSHAKE_REJECTED)
 
-    def serve_plain_http(self, now: float) -> None:
-        """The request was for a plain HTTP endpoint; it was answered: close."""
-        self._move(Input.PLAIN_HTTP, TerminationCause.PLAIN_HTTP)
+    def serve_plain_http(self, now: float, path: str) -> None:
+        """The head is a plain HTTP request for ``path`` (``/healthz``,
+        ``/metrics``); the wire answers it, then the transport is closed.
+
+        A request, not a connection: it leaves the connection gauge now,
+        before its answer is made (a scrape must not count itself), and is
+        counted in ``http_requests`` alone: no closed total, no handshake
+        counter. ``StateChanged`` still tells the driver (cause PLAIN_HTTP).
+        """
+        state = next_state(self.state, Input.PLAIN_HTTP)  # raises unless OPEN
+        self.state = state
+        self.cause = TerminationCause.PLAIN_HTTP
+        metrics = self._scheduler.metrics
+        metrics.connections[OPEN] -= 1  # counted by Scheduler.open
+        metrics.http_requests[path] += 1
+        self._actions.append(StateChanged(self.id, OPEN, state, self.cause))
         self._actions.append(CloseTransport())
-        self._closed()
+        self.deadline = None
+        self._scheduler.retire(self)
 
     def _reject(self, now: float, status: int, reason: str, cause: TerminationCause) -> None:
         self._move(Input.UPGRADE_REJECTED, cause)

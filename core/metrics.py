@@ -3,6 +3,14 @@
 One :class:`Metrics` is shared by every connection of a scheduler; updating
 it is a few integer additions, cheap enough for the pong path. Drivers export
 :meth:`Metrics.snapshot` (Prometheus, logs); the core never logs.
+
+What counts as a connection: every accepted TCP connection is one, in
+OPEN, while its request head arrives (it may yet be an upgrade, and the
+handshake timeout guards it). A head that turns out to be a plain HTTP
+request (``/healthz``, ``/metrics``) is a *request*: it leaves the
+connection gauge before it is answered (so a scrape never counts itself)
+and is counted in ``http_requests`` only, never in the closed totals or the
+handshake counters. Probes do not move the numbers they read.
 """
 
 from __future__ import annotations
@@ -90,7 +98,11 @@ class _HistogramBuilder:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
-    """Every counter at one instant. Counts are totals since the scheduler began."""
+    """Every counter at one instant. Counts are totals since the scheduler began.
+
+    ``connections`` holds the connections in each state now (CLOSED: every
+    one that has ended); ``http_requests`` counts the plain HTTP requests
+    answered, by path, which are not connections (see the module's doc)."""
 
     connections: Mapping[State, int]
     handshakes_accepted: int
@@ -112,6 +124,7 @@ class MetricsSnapshot:
     state_drift_notices: int
     loop_lag: Histogram
     loop_stalls: int
+    http_requests: Mapping[str, int]
 
 
 class Metrics:
@@ -128,6 +141,7 @@ class Metrics:
         "connections",
         "handshakes_accepted",
         "handshakes_rejected",
+        "http_requests",
         "loop_stalls",
         "messages_received",
         "messages_sent",
@@ -158,6 +172,8 @@ class Metrics:
         self.sends_skipped = 0
         self.state_drift_notices = 0
         self.loop_stalls = 0
+        #: Plain HTTP requests answered, by path (a probe is not a connection).
+        self.http_requests: Counter[str] = Counter()
         self._rtt = _HistogramBuilder()
         self._app_rtt = _HistogramBuilder()
         self._loop_lag = _HistogramBuilder()
@@ -199,6 +215,7 @@ class Metrics:
             state_drift_notices=self.state_drift_notices,
             loop_lag=self._loop_lag.freeze(),
             loop_stalls=self.loop_stalls,
+            http_requests=_frozen(self.http_requests),
         )
 
 

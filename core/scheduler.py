@@ -113,7 +113,9 @@ class Scheduler:
     def open(self, now: float) -> ConnectionLifecycle:
         """A TCP connection was accepted: a new lifecycle in OPEN, with its
         handshake deadline armed. (While draining it is still opened, and its
-        upgrade request is refused with 503.)"""
+        upgrade request is refused with 503.) It counts as an OPEN connection
+        until its head turns out to be a plain HTTP request, which is not one
+        (``metrics.py``)."""
         self.metrics.connections[State.OPEN] += 1
         return ConnectionLifecycle(self, self.entropy.connection_id(), now)
 

@@ -244,9 +244,12 @@ def answer_handshake(wire: ServerConnection, now: float, answer: object) -> None
 
 
 def log_transition(event: StateChanged) -> None:
-    """One structured line per transition, with the cause once there is one."""
-    if log.isEnabledFor(logging.INFO):
-        log.info(
+    """One structured line per transition, with the cause once there is one.
+    A plain HTTP request (a probe) is not a connection: debug only."""
+    level = logging.DEBUG if event.cause is TerminationCause.PLAIN_HTTP else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(
+            level,
             "transition connection=%s from=%s to=%s cause=%s",
             event.connection_id,
             event.previous.value,

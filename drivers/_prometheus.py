@@ -120,3 +120,12 @@ class _SnapshotCollector(Collector):
         yield _counter(
             "wslifecycle_state_drift_notices", "STATE_DRIFT notices sent.", s.state_drift_notices
         )
+        # Probes are requests, not connections: counted here, and nowhere above.
+        requests = CounterMetricFamily(
+            "wslifecycle_http_requests",
+            "Plain HTTP requests answered (/healthz, /metrics), by path.",
+            labels=["path"],
+        )
+        for path, count in sorted(s.http_requests.items()):
+            requests.add_metric([path], count)
+        yield requests

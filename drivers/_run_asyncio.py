@@ -11,19 +11,21 @@ from wslifecycle import Config
 
 from . import dashboard
 from .asyncio import Handler, echo_handler, relay_handler, serve
-from .cli import announce, listen_options
+from .cli import announce, listen_options, start_failed
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    asyncio.run(_serve(args, config))
-    return 0
+    return asyncio.run(_serve(args, config))
 
 
-async def _serve(args: argparse.Namespace, config: Config) -> None:
+async def _serve(args: argparse.Namespace, config: Config) -> int:
     handler: Handler = relay_handler if args.mode == "relay" else echo_handler
     if args.dashboard:
         handler = dashboard.route_async(dashboard.Dashboard(), handler)
-    server = await serve(handler, **listen_options(args), config=config)
+    try:
+        server = await serve(handler, **listen_options(args), config=config)
+    except (OSError, ValueError) as error:  # nothing was started: one line, no traceback
+        return start_failed(args, error)
     if args.dashboard:
         dashboard.add_page(server.hub)
     loop = asyncio.get_running_loop()
@@ -35,3 +37,4 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
         dashboard.announce(*address)
     await server.serve_forever()
     print("wslifecycle: drained, exiting", file=sys.stderr, flush=True)
+    return 0

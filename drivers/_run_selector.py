@@ -10,7 +10,7 @@ from types import FrameType
 from wslifecycle import Config
 
 from . import dashboard
-from .cli import announce, listen_options
+from .cli import announce, listen_options, start_failed
 from .selector import Handler, echo_handler, relay_handler, serve
 
 
@@ -18,7 +18,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     handler: Handler = relay_handler if args.mode == "relay" else echo_handler
     if args.dashboard:
         handler = dashboard.route_threaded(dashboard.Dashboard(), handler)
-    server = serve(handler, **listen_options(args), config=config, workers=args.workers)
+    try:
+        server = serve(handler, **listen_options(args), config=config, workers=args.workers)
+    except (OSError, ValueError) as error:  # no thread was started: one line, no traceback
+        return start_failed(args, error)
     if args.dashboard:
         server.call(lambda: dashboard.add_page(server.hub))
 

@@ -12,24 +12,29 @@ import trio
 from wslifecycle import Config
 
 from . import dashboard
-from .cli import announce, listen_options
+from .cli import announce, listen_options, start_failed
 from .trio import Handler, Server, echo_handler, relay_handler, serve
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    trio.run(_serve, args, config)
-    return 0
+    exit_status: int = trio.run(_serve, args, config)
+    return exit_status
 
 
-async def _serve(args: argparse.Namespace, config: Config) -> None:
+async def _serve(args: argparse.Namespace, config: Config) -> int:
     handler: Handler = relay_handler if args.mode == "relay" else echo_handler
     if args.dashboard:
         handler = dashboard.route_async(dashboard.Dashboard(), handler)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(
-                partial(serve, handler, **listen_options(args), config=config)
-            )
+            try:
+                server: Server = await nursery.start(
+                    partial(serve, handler, **listen_options(args), config=config)
+                )
+            except (OSError, ValueError, BaseExceptionGroup) as error:
+                # serve() failed before it started: nothing of it is left in
+                # the nursery. The error may come wrapped in an exception group.
+                return start_failed(args, error)
             if args.dashboard:
                 dashboard.add_page(server.hub)
             address = None if args.unix else server.sockets[0].getsockname()[:2]
@@ -41,3 +46,4 @@ async def _serve(args: argparse.Namespace, config: Config) -> None:
                 break
             # serve() returns once drained, and the nursery with it.
     print("wslifecycle: drained, exiting", file=sys.stderr, flush=True)
+    return 0

@@ -6,7 +6,8 @@
 
 Runs until SIGTERM or SIGINT, then drains (new handshakes get 503, every
 connection is closed with 1001, stragglers are terminated at the drain
-deadline) and exits 0. A configuration error exits 2 naming the field.
+deadline) and exits 0. Every error is one line on stderr: a bad argument or
+configuration exits 2 naming the flag, a port it cannot listen on exits 1.
 """
 
 from __future__ import annotations
@@ -15,21 +16,57 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from wslifecycle import Config, ConfigError, HeartbeatMode, __version__
+from wslifecycle.config import SLACK_CAP, SLACK_DIVISOR, STALL_CAP, STALL_DIVISOR
 
 from ._tls import server_context
 
-__all__ = ["announce", "build_config", "listen_options", "main", "parser"]
+__all__ = ["announce", "build_config", "listen_options", "main", "parser", "start_failed"]
 
 DRIVERS = ("asyncio", "selector", "trio")
+#: Drivers that need an optional package: driver → (module, extra).
+_OPTIONAL = {"trio": ("trio", "trio")}
+#: Where a Config field's flag is not the field's own name, dashed.
+_FLAG_OF_FIELD = {"allowed_origins": "--allow-origin", "trusted_proxies": "--trust-proxy"}
+
+_DEFAULTS = Config()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a refusal is its one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    port = _integer(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {text}")
+    return port
+
+
+def _at_least_one(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="wslifecycle", description="Server-side WebSocket connections that stay honest."
     )
     top.add_argument("--version", action="version", version=f"wslifecycle {__version__}")
@@ -37,35 +74,38 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the pub/sub relay (or an echo server)",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", ""),  # the help is plain text
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = serve.add_argument
     add(
         "--host",
         default="127.0.0.1",
-        help="address of the TCP listeners, --port and --metrics-port (default: 127.0.0.1)",
+        help="address of the TCP listeners, --port and --metrics-port (default: %(default)s)",
     )
     where = serve.add_mutually_exclusive_group()
     where.add_argument(
-        "--port", type=int, default=8765, help="port to listen on; 0 picks one (default: 8765)"
+        "--port",
+        type=_port,
+        default=8765,
+        help="port to listen on; 0 picks one (default: %(default)s)",
     )
     where.add_argument(
         "--unix", metavar="PATH", help="listen on this unix domain socket instead of --port"
     )
     add(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=None,
         metavar="PORT",
         help="also serve /healthz and /metrics (nothing else, plain HTTP) on this port of --host",
     )
     add("--certfile", metavar="PATH", help="serve wss://: the PEM certificate chain (and key)")
     add("--keyfile", metavar="PATH", help="the PEM private key, if not in --certfile")
-    add("--driver", choices=DRIVERS, default="asyncio", help="I/O driver (default: asyncio)")
+    add("--driver", choices=DRIVERS, default="asyncio", help="I/O driver (default: %(default)s)")
     add(
         "--workers",
-        type=int,
+        type=_at_least_one,
         default=min(32, (os.cpu_count() or 1) + 4),
         metavar="N",
         help="handler threads of the selector driver (default: min(32, CPUs + 4))",
@@ -76,22 +116,43 @@ def parser() -> argparse.ArgumentParser:
         default="relay",
         help="relay: the JSON pub/sub protocol (other messages echoed); echo: echo all",
     )
-    add("--heartbeat-interval", type=float, default=30.0, metavar="SECONDS")
-    add("--max-missed-pongs", type=int, default=2, metavar="N")
+    # Config's own flags: the defaults are Config's, and Config checks the values.
+    add(
+        "--heartbeat-interval",
+        type=float,
+        default=_DEFAULTS.heartbeat_interval,
+        metavar="SECONDS",
+        help="between two probes of a connection (default: %(default)s)",
+    )
+    add(
+        "--max-missed-pongs",
+        type=int,
+        default=_DEFAULTS.max_missed_pongs,
+        metavar="N",
+        help="unanswered probes tolerated (default: %(default)s)",
+    )
     add(
         "--heartbeat-mode",
         choices=[m.value for m in HeartbeatMode],
-        default="protocol",
-        help="protocol pings, a JSON heartbeat the client echoes, or both",
+        default=_DEFAULTS.heartbeat_mode.value,
+        help="protocol pings, a JSON heartbeat the client echoes, or both (default: %(default)s)",
     )
     add("--activity-is-liveness", action="store_true", help="inbound messages prove liveness")
-    add("--stall-threshold", type=float, default=None, metavar="SECONDS")
+    add(
+        "--stall-threshold",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a later timer tick is a local stall that blames no peer"
+        f" (default: min(interval/{STALL_DIVISOR}, {STALL_CAP}))",
+    )
     add(
         "--timer-slack",
         type=float,
         default=None,
         metavar="SECONDS",
-        help="coalesce deadlines on this grid (default: min(interval/100, 0.02))",
+        help="coalesce deadlines on this grid; 0 turns it off"
+        f" (default: min(interval/{SLACK_DIVISOR}, {SLACK_CAP}))",
     )
     add(
         "--proxy-idle-timeout",
@@ -103,12 +164,17 @@ def parser() -> argparse.ArgumentParser:
     )
     add(
         "--allow-origin",
+        dest="allowed_origins",
         action="append",
         default=[],
         metavar="ORIGIN",
         help="an allowed Origin, e.g. https://app.example.com (repeatable)",
     )
-    add("--allow-no-origin", action="store_true", help="accept clients that send no Origin")
+    add(
+        "--allow-no-origin",
+        action="store_true",
+        help="accept clients that send no Origin (non-browser ones; else they get 403)",
+    )
     add(
         "--trust-proxy",
         action="append",
@@ -120,34 +186,77 @@ def parser() -> argparse.ArgumentParser:
         " this proxy: an IP, a network (10.0.0.0/8), 'unix'; alone: loopback and unix"
         " (repeatable)",
     )
-    add("--max-message-size", type=int, default=1024 * 1024, metavar="BYTES")
-    add("--max-fragments", type=int, default=1024, metavar="N")
-    add("--write-buffer-guard", type=int, default=1024 * 1024, metavar="BYTES")
+    add(
+        "--max-message-size",
+        type=int,
+        default=_DEFAULTS.max_message_size,
+        metavar="BYTES",
+        help="largest message, across fragments (default: %(default)s)",
+    )
+    add(
+        "--max-fragments",
+        type=int,
+        default=_DEFAULTS.max_fragments,
+        metavar="N",
+        help="most frames per message (default: %(default)s)",
+    )
+    add(
+        "--write-buffer-guard",
+        type=int,
+        default=_DEFAULTS.write_buffer_guard,
+        metavar="BYTES",
+        help="above it non-critical sends are skipped (default: %(default)s)",
+    )
     add(
         "--max-write-buffer",
         type=int,
-        default=4 * 1024 * 1024,
+        default=_DEFAULTS.max_write_buffer,
         metavar="BYTES",
-        help="a peer this far behind is terminated as a slow consumer",
+        help="a peer this far behind is terminated as a slow consumer (default: %(default)s)",
     )
     add(
         "--inbox-high-water",
         type=int,
-        default=64,
+        default=_DEFAULTS.inbox_high_water,
         metavar="N",
-        help="messages queued for a handler before its socket stops being read",
+        help="messages queued for a handler before its socket stops being read"
+        " (default: %(default)s)",
     )
     add(
         "--inbox-low-water",
         type=int,
-        default=16,
+        default=_DEFAULTS.inbox_low_water,
         metavar="N",
-        help="reading resumes once the handler is down to this many",
+        help="reading resumes once the handler is down to this many (default: %(default)s)",
     )
-    add("--max-connections", type=int, default=None, metavar="N", help="more get HTTP 503")
-    add("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
-    add("--close-timeout", type=float, default=10.0, metavar="SECONDS")
-    add("--drain-timeout", type=float, default=10.0, metavar="SECONDS")
+    add(
+        "--max-connections",
+        type=int,
+        default=_DEFAULTS.max_connections,
+        metavar="N",
+        help="more get HTTP 503 (default: no limit)",
+    )
+    add(
+        "--handshake-timeout",
+        type=float,
+        default=_DEFAULTS.handshake_timeout,
+        metavar="SECONDS",
+        help="from accept to a completed upgrade (default: %(default)s)",
+    )
+    add(
+        "--close-timeout",
+        type=float,
+        default=_DEFAULTS.close_timeout,
+        metavar="SECONDS",
+        help="from the start of a close to CLOSED (default: %(default)s)",
+    )
+    add(
+        "--drain-timeout",
+        type=float,
+        default=_DEFAULTS.drain_timeout,
+        metavar="SECONDS",
+        help="a SIGTERM drain waits this long, then terminates (default: %(default)s)",
+    )
     add("--compression", action="store_true", help="negotiate permessage-deflate")
     add(
         "--dashboard",
@@ -156,9 +265,10 @@ def parser() -> argparse.ArgumentParser:
     )
     add(
         "--log-level",
+        type=str.lower,
         choices=("debug", "info", "warning", "error"),
         default="info",
-        help="stdlib logging level (default: info)",
+        help="stdlib logging level (default: %(default)s)",
     )
     return top
 
@@ -172,7 +282,7 @@ def build_config(args: argparse.Namespace) -> Config:
         stall_threshold=args.stall_threshold,
         proxy_idle_timeout=args.proxy_idle_timeout,
         timer_slack=args.timer_slack,
-        allowed_origins=frozenset(args.allow_origin),
+        allowed_origins=frozenset(args.allowed_origins),
         allow_no_origin=args.allow_no_origin,
         trusted_proxies=frozenset(args.trust_proxy),
         max_message_size=args.max_message_size,
@@ -194,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = build_config(args)
     except ConfigError as error:
-        print(f"wslifecycle: configuration error: {error}", file=sys.stderr)
+        print(f"wslifecycle: configuration error: {_in_flags(error, args)}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -212,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runner = _runner(args.driver)
     except ImportError as error:
-        print(f"wslifecycle: driver {args.driver} is not available: {error}", file=sys.stderr)
+        print(f"wslifecycle: {_unavailable(args.driver, error)}", file=sys.stderr)
         return 2
     return runner(args, config)
 
@@ -248,6 +358,75 @@ def announce(
 
 def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def start_failed(args: argparse.Namespace, error: BaseException) -> int:
+    """A driver's runner could not start its server: one line on stderr
+    and the exit status (1: cannot listen; 2: a value serve() refused).
+    ``error`` may be an exception group (Trio's nurseries make them) of such
+    errors; anything else is no start failure and is raised again."""
+    leaves = _leaves(error)
+    if not all(isinstance(leaf, OSError | ValueError) for leaf in leaves):
+        raise error
+    error = leaves[0]  # e.g. of a host that resolves to several addresses
+    if isinstance(error, OSError):
+        named = str(error)
+        if named.startswith(_SERVE_SAYS):  # serve() named the address (unix, metrics port)
+            print(f"wslifecycle: {named.removeprefix('serve(): ')}", file=sys.stderr)
+            return 1
+        address = f"[{args.host}]" if ":" in args.host else args.host
+        print(
+            f"wslifecycle: cannot listen on {address}:{args.port}: {_os_reason(error)}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wslifecycle: configuration error: {error}", file=sys.stderr)
+    return 2
+
+
+#: How serve() words a listener it could not open (drivers/_listen.py).
+_SERVE_SAYS = "serve(): cannot listen on "
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def _os_reason(error: OSError) -> str:
+    """``[Errno 98] Address already in use``, however the driver worded it
+    (asyncio and the selector driver add the address; it is said once)."""
+    cause = error
+    while cause.errno is None and isinstance(cause.__cause__, OSError):
+        cause = cause.__cause__  # a wrapper that names the address: its cause has the errno
+    errno = cause.errno
+    if errno is not None and errno > 0:
+        return f"[Errno {errno}] {os.strerror(errno)}"
+    # A resolver error (errno < 0, no strerror() for it); socket.create_server
+    # appends "(while attempting to bind on address ...)".
+    return str(cause).partition(" (while attempting")[0]
+
+
+def _in_flags(error: ConfigError, args: argparse.Namespace) -> str:
+    """A ConfigError as the command line spells it: each Config field it
+    names that has a flag (the field itself, one in the reason) becomes the flag."""
+    given = vars(args)
+
+    def flag(field: str) -> str:
+        if field in _FLAG_OF_FIELD:
+            return _FLAG_OF_FIELD[field]
+        return "--" + field.replace("_", "-") if field in given else field
+
+    reason = re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda name: flag(name[0]), error.reason)
+    return f"{flag(error.field)}: {reason}"
+
+
+def _unavailable(driver: str, error: ImportError) -> str:
+    module, extra = _OPTIONAL.get(driver, (None, None))
+    if module is not None and error.name == module:
+        return f"--driver {driver} needs {module}: pip install 'wslifecycle[{extra}]'"
+    return f"--driver {driver} is not available: {error}"
 
 
 def _runner(driver: str) -> Callable[[argparse.Namespace, Config], int]:

@@ -63,8 +63,6 @@ PATH = "/dashboard"
 C = TypeVar("C", bound=AsyncConnection)
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-#: Plain HTTP requests end with a cause too; they are not WebSocket closes.
-_PLAIN_HTTP = TerminationCause.PLAIN_HTTP
 
 
 class Dashboard:
@@ -166,7 +164,9 @@ class Dashboard:
                 "draining": states[State.DRAINING],
             },
             "rtt": _histogram(latencies, waiting),
-            "closes": self._closes(metrics.closed_by_cause, now),
+            "closes": self._closes(
+                metrics.closed_by_cause, sum(metrics.http_requests.values()), now
+            ),
             "alerts": self._recent_alerts(hub, now),
             "alerts_kept": len(hub.recent_alerts),
             "channels": self._channel_list(hub),
@@ -194,7 +194,7 @@ class Dashboard:
             {
                 cause.value: count - last.get(cause, 0)
                 for cause, count in totals.items()
-                if cause is not _PLAIN_HTTP and count > last.get(cause, 0)
+                if count > last.get(cause, 0)
             }
         )
         index = self._index(now)
@@ -207,19 +207,17 @@ class Dashboard:
     def _index(self, now: float) -> int:
         return math.floor(now / self._interval)
 
-    def _closes(self, totals: Mapping[TerminationCause, int], now: float) -> dict[str, Any]:
+    def _closes(
+        self, totals: Mapping[TerminationCause, int], http_requests: int, now: float
+    ) -> dict[str, Any]:
         current = self._index(now)
         first = current - self._slots + 1
         by_index = {index: counts for index, counts in self._series if index >= first}
         return {
             "interval": self._interval,
             "series": [dict(by_index.get(index, {})) for index in range(first, current + 1)],
-            "totals": {
-                cause.value: count
-                for cause, count in totals.items()
-                if count and cause is not _PLAIN_HTTP
-            },
-            "http_requests": totals.get(_PLAIN_HTTP, 0),
+            "totals": {cause.value: count for cause, count in totals.items() if count},
+            "http_requests": http_requests,  # /healthz, /metrics, this page: no connections
         }
 
     def _recent_alerts(self, hub: Hub, now: float) -> list[dict[str, Any]]:

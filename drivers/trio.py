@@ -51,7 +51,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Gener
 from functools import partial
 from typing import Any, Unpack
 
-import trio
+try:
+    import trio
+except ImportError as missing:  # an optional dependency: say which extra brings it
+    raise ImportError(
+        "wslifecycle.drivers.trio needs trio: pip install 'wslifecycle[trio]'", name=missing.name
+    ) from missing
 
 from wslifecycle import TerminationCause
 from wslifecycle.handshake import Accept, Address, HandshakeRequest, Reject

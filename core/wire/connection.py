@@ -119,6 +119,7 @@ ReleaseHook = Callable[["ServerConnection", tuple[str, ...]], None]
 ClosedHook = Callable[["ServerConnection"], None]
 
 OPEN, DRAINING, CLOSED = State.OPEN, State.DRAINING, State.CLOSED
+_ALLOW_GET_HEAD = (("allow", "GET, HEAD"),)
 
 
 def health_responder(scheduler: Scheduler) -> PlainResponder:
@@ -521,16 +522,25 @@ class ServerConnection:
             else:
                 lifecycle.accept_upgrade(now)
         elif isinstance(verdict, PlainRequest):
-            reply = self._responder(verdict.request)
-            status, content_type, body = reply[:3]
-            headers = reply[3] if len(reply) == 4 else ()
-            head_only = verdict.request.method == "HEAD"
-            self._out.append(
-                render_response(
-                    status, body, content_type=content_type, headers=headers, head_only=head_only
+            plain = verdict.request
+            # First: the request leaves the connection gauge, so /metrics
+            # does not count the scrape it is answering.
+            lifecycle.serve_plain_http(now, plain.path)
+            if plain.method in ("GET", "HEAD"):
+                reply = self._responder(plain)
+                status, content_type, body = reply[:3]
+                headers = reply[3] if len(reply) == 4 else ()
+                self._out.append(
+                    render_response(
+                        status,
+                        body,
+                        content_type=content_type,
+                        headers=headers,
+                        head_only=plain.method == "HEAD",
+                    )
                 )
-            )
-            lifecycle.serve_plain_http(now)
+            else:
+                self._out.append(render_response(405, b"use GET\n", headers=_ALLOW_GET_HEAD))
         else:
             self._refusal = verdict
             lifecycle.reject_upgrade(now, verdict.status, verdict.reason)

@@ -4,8 +4,9 @@
 verdict: a WebSocket upgrade to accept (the origin is judged later, by the
 lifecycle), a plain request for an HTTP endpoint (``/healthz``,
 ``/metrics``, and a server's pages: paths answered as plain HTTP unless the
-request asks for the upgrade), or a refusal with its status (RFC 6455
-§4.2.1, RFC 9110):
+request asks for the upgrade; whatever its method: the wire answers 405 to
+all but GET and HEAD), or a refusal with its status (RFC 6455 §4.2.1, RFC
+9110):
 
 =====  ===========================================================
 400    malformed HTTP, HTTP/1.0, a missing or bad Sec-WebSocket-Key,
@@ -203,8 +204,6 @@ class RequestReader:
         if path in HTTP_ENDPOINTS or (
             path in self._pages and "websocket" not in request.header_tokens("upgrade")
         ):
-            if method not in ("GET", "HEAD"):
-                return Refusal(405, "use GET", (("allow", "GET, HEAD"),))
             return PlainRequest(request)
         if self._plain_only:
             return Refusal(404, "not found: this listener serves /healthz and /metrics only")

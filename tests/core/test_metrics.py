@@ -7,8 +7,12 @@ from types import MappingProxyType
 
 import pytest
 
-from wslifecycle import Histogram, Metrics, State, TerminationCause
+from wslifecycle import Config, Histogram, Metrics, MetricsSnapshot, State, TerminationCause
+from wslifecycle.actions import CloseTransport, StateChanged
+from wslifecycle.hub import Hub
 from wslifecycle.metrics import LATENCY_BUCKETS
+from wslifecycle.testing import seeded_entropy
+from wslifecycle.wire import HttpReply
 
 EMPTY_BUCKETS = (0,) * (len(LATENCY_BUCKETS) + 1)
 
@@ -114,6 +118,7 @@ def test_fresh_snapshot_lists_every_state() -> None:
     snapshot = Metrics().snapshot()
     assert dict(snapshot.connections) == dict.fromkeys(State, 0)
     assert dict(snapshot.closed_by_cause) == {}
+    assert dict(snapshot.http_requests) == {}
     assert snapshot.handshakes_accepted == 0
     assert snapshot.loop_stalls == 0
 
@@ -129,6 +134,7 @@ def test_snapshot_is_frozen() -> None:
         snapshot.closed_by_cause,
         snapshot.terminations,
         snapshot.close_codes_sent,
+        snapshot.http_requests,
     ):
         assert isinstance(mapping, MappingProxyType)
     with pytest.raises(TypeError):
@@ -175,3 +181,62 @@ def test_quantile_refuses_a_q_outside_zero_to_one(q: float) -> None:
     metrics.observe_rtt(0.1)
     with pytest.raises(ValueError, match="between 0 and 1"):
         metrics.snapshot().rtt.quantile(q)
+
+
+# ------------------------------------------------- plain HTTP requests (probes)
+
+
+def test_probes_do_not_move_the_numbers_they_read() -> None:
+    """/healthz and /metrics are requests, not connections: a scrape sees no
+    connection of its own, and probes between two scrapes change no gauge,
+    no closed total and no handshake counter; only http_requests counts them."""
+    scrapes: list[MetricsSnapshot] = []
+
+    def exporter(snapshot: MetricsSnapshot) -> HttpReply:
+        scrapes.append(snapshot)
+        return 200, "text/plain", b"metrics\n"
+
+    hub = Hub(Config(), seeded_entropy(1), metrics_exporter=exporter)
+    for path in ("/metrics", "/healthz", "/healthz", "/metrics"):
+        wire = hub.open(0.0)
+        wire.receive_data(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 0.0)
+        assert wire.data_to_send().startswith(b"HTTP/1.1 200 ")
+        # The driver is still told the connection closed (it closes the socket).
+        changed, close = wire.take_actions()
+        assert changed == StateChanged(
+            wire.id, State.OPEN, State.CLOSED, TerminationCause.PLAIN_HTTP
+        )
+        assert close == CloseTransport()
+    first, second = scrapes
+    for snapshot in scrapes:
+        assert dict(snapshot.connections) == dict.fromkeys(State, 0)
+        assert dict(snapshot.closed_by_cause) == {}
+        assert dict(snapshot.terminations) == {}
+        assert (snapshot.handshakes_accepted, dict(snapshot.handshakes_rejected)) == (0, {})
+    assert dict(first.http_requests) == {"/metrics": 1}  # the scrape itself
+    assert dict(second.http_requests) == {"/metrics": 2, "/healthz": 2}
+    assert len(hub.scheduler) == 0
+
+
+def test_a_probe_is_a_connection_until_its_head_says_otherwise() -> None:
+    """While a head is arriving nobody knows what it is: the connection is
+    OPEN (and the handshake timeout guards it). Once it reads as a plain
+    request it leaves the gauge; a wrong method is still a request."""
+    hub = Hub(Config(), seeded_entropy(1))
+    metrics = hub.scheduler.metrics
+    wire = hub.open(0.0)
+    wire.receive_data(b"GET /healthz HTTP/1.1\r\n", 0.0)
+    assert metrics.connections[State.OPEN] == 1
+    wire.receive_data(b"Host: x\r\n\r\n", 0.0)
+    assert metrics.connections[State.OPEN] == 0
+    post = hub.open(0.0)
+    post.receive_data(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 0.0)
+    written = post.data_to_send()
+    assert written.startswith(b"HTTP/1.1 405 ")
+    assert b"\r\nallow: GET, HEAD\r\n" in written
+    assert post.ended
+    snapshot = metrics.snapshot()
+    assert dict(snapshot.http_requests) == {"/healthz": 1, "/metrics": 1}
+    assert dict(snapshot.handshakes_rejected) == {}
+    assert dict(snapshot.connections) == dict.fromkeys(State, 0)
+    assert dict(snapshot.closed_by_cause) == {}

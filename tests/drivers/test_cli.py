@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import io
 import os
 import pathlib
 import re
@@ -11,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 
 import pytest
 import trustme
@@ -18,6 +22,8 @@ import websockets
 from websockets.asyncio.client import unix_connect
 
 import wslifecycle
+from tests.drivers.harness import open_fds
+from wslifecycle import Config
 from wslifecycle.drivers import cli
 
 DRIVERS = list(cli.DRIVERS)
@@ -44,13 +50,14 @@ def test_every_config_flag_reaches_the_config() -> None:
     assert (config.inbox_high_water, config.inbox_low_water, config.max_connections) == (8, 2, 5)
 
 
-def test_a_bad_value_exits_2_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
-    """A configuration error is one line naming the field and the reason; exit 2."""
+def test_a_bad_value_exits_2_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """A configuration error is one line naming the flag and the reason
+    (other flags it mentions spelled as flags too); exit 2."""
     assert cli.main(["serve", "--inbox-high-water", "4", "--inbox-low-water", "4"]) == 2
     err = capsys.readouterr().err
     assert err == (
-        "wslifecycle: configuration error: inbox_low_water: must be below"
-        " inbox_high_water (4), got 4\n"
+        "wslifecycle: configuration error: --inbox-low-water: must be below"
+        " --inbox-high-water (4), got 4\n"
     )
 
 
@@ -65,8 +72,8 @@ def test_a_heartbeat_the_proxy_would_outlast_refuses_to_start() -> None:
     )  # fmt: skip
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == (
-        "wslifecycle: configuration error: heartbeat_interval: must stay below"
-        " proxy_idle_timeout (60.0 s) or the proxy reaps idle connections first, got 60.0\n"
+        "wslifecycle: configuration error: --heartbeat-interval: must stay below"
+        " --proxy-idle-timeout (60.0 s) or the proxy reaps idle connections first, got 60.0\n"
     )
     args = cli.parser().parse_args(
         ["serve", "--heartbeat-interval", "25", "--proxy-idle-timeout", "60"]
@@ -155,7 +162,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path,
     return path, client
 
 
-def run_cli(*argv: str) -> subprocess.Popen[str]:
+def serve_cli(*argv: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "wslifecycle.drivers", "serve", "--mode", "echo",
          "--allow-no-origin", "--log-level", "warning", *argv],
@@ -185,7 +192,7 @@ def test_serve_over_tls_with_a_metrics_port(
     """--certfile: the banner says wss://, a wss client echoes; --metrics-port:
     a second line says where /metrics is, and it answers there."""
     path, client_context = certificate
-    process = run_cli(
+    process = serve_cli(
         "--driver", driver, "--port", "0", "--metrics-port", "0", "--certfile", str(path)
     )
     try:
@@ -221,7 +228,7 @@ def test_serve_on_a_unix_socket(driver: str) -> None:
     after the drain."""
     with tempfile.TemporaryDirectory(prefix="wsl-") as directory:
         path = os.path.join(directory, "cli.sock")
-        process = run_cli("--driver", driver, "--unix", path)
+        process = serve_cli("--driver", driver, "--unix", path)
         try:
             assert process.stdout is not None
             banner = process.stdout.readline()
@@ -236,3 +243,209 @@ def test_serve_on_a_unix_socket(driver: str) -> None:
         finally:
             assert stop(process) == 0
         assert not os.path.exists(path)
+
+
+# ------------------------------------------------------- one line, no traceback
+
+
+def run_cli(*argv: str, prelude: str = "", timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """``wslifecycle`` in a subprocess of its own. ``prelude`` runs first, in
+    that interpreter (to make an optional dependency missing for real)."""
+    code = f"{prelude}\nfrom wslifecycle.drivers.cli import main\nraise SystemExit(main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def no_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused argument must stop main() before any driver starts: reaching
+    one fails the test instead of serving on a real port until killed."""
+
+    def refuse(driver: str) -> object:
+        raise AssertionError(f"main() went on to start the {driver} driver")
+
+    monkeypatch.setattr(cli, "_runner", refuse)
+
+
+def one_line(stderr: str) -> str:
+    """The only line on stderr (and never a traceback)."""
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_port_out_of_range_is_one_line_and_exit_2(driver: str) -> None:
+    """--port 99999 is refused before anything starts, on every driver
+    (not a traceback, and not a port Trio picks modulo 65536)."""
+    done = run_cli("serve", "--driver", driver, "--port", "99999")
+    assert done.returncode == 2
+    assert one_line(done.stderr) == (
+        "wslifecycle serve: error: argument --port: must be 0..65535, got 99999"
+        " (see wslifecycle serve --help)"
+    )
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_port_in_use_is_one_line_and_exit_1(driver: str) -> None:
+    """Binding fails: one line naming the address and the OS error, exit 1,
+    and the process ends (no thread or task left running)."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = run_cli("serve", "--driver", driver, "--port", str(port))
+    assert done.returncode == 1
+    reason = f"[Errno {errno.EADDRINUSE}] {os.strerror(errno.EADDRINUSE)}"
+    assert one_line(done.stderr) == f"wslifecycle: cannot listen on 127.0.0.1:{port}: {reason}"
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_failed_listen_leaves_nothing_behind(
+    driver: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In-process, the same failure leaks no thread and no descriptor."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        threads, fds = threading.active_count(), open_fds()
+        assert cli.main(["serve", "--driver", driver, "--port", str(port)]) == 1
+        assert (threading.active_count(), open_fds()) == (threads, fds)
+    assert one_line(capsys.readouterr().err).startswith("wslifecycle: cannot listen on ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--port", "-1"], "--port"),
+        (["--port", "http"], "--port"),
+        (["--workers", "0"], "--workers"),
+        (["--workers", "-3"], "--workers"),
+        (["--max-message-size", "1.5"], "--max-message-size"),
+        (["--heartbeat-interval", "soon"], "--heartbeat-interval"),
+        (["--log-level", "loud"], "--log-level"),
+        (["--driver", "gevent"], "--driver"),
+        (["--no-such-flag"], "--no-such-flag"),
+    ],
+)
+@pytest.mark.usefixtures("no_serving")
+def test_a_malformed_argument_is_one_line_and_exit_2(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse's refusals name the flag on one line (no usage block)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", *argv])
+    assert exit_.value.code == 2
+    assert flag in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["--heartbeat-interval", "0"],
+            "--heartbeat-interval: must be a finite number above 0, got 0.0",
+        ),
+        (["--max-missed-pongs", "0"], "--max-missed-pongs: must be at least 1, got 0"),
+        (["--max-connections", "0"], "--max-connections: must be at least 1, got 0"),
+        (["--drain-timeout", "nan"], "--drain-timeout: must be a finite number above 0, got nan"),
+        (
+            ["--heartbeat-interval", "1", "--stall-threshold", "2"],
+            "--stall-threshold: must be below --heartbeat-interval (1.0 s), got 2.0",
+        ),
+        (
+            ["--allow-origin", "example.com"],
+            "--allow-origin: each origin must look like 'https://host[:port]', got 'example.com'",
+        ),
+    ],
+)
+@pytest.mark.usefixtures("no_serving")
+def test_a_value_the_config_refuses_names_the_flag(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Config's checks say which flag to change, in the flag's own spelling."""
+    assert cli.main(["serve", *argv]) == 2
+    assert one_line(capsys.readouterr().err) == f"wslifecycle: configuration error: {expected}"
+
+
+def test_the_log_level_is_case_insensitive() -> None:
+    """--log-level DEBUG is what people type after reading Python's docs."""
+    assert cli.parser().parse_args(["serve", "--log-level", "DEBUG"]).log_level == "debug"
+
+
+# ------------------------------------------------------ help and defaults
+
+
+def option_help(flag: str) -> str:
+    """What ``wslifecycle serve --help`` says about ``flag``, whitespace
+    folded (argparse wraps it)."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    options = " ".join(text.getvalue().split()).partition(" options: ")[2]
+    for entry in re.split(r" (?=--[a-z-]+ )", options):
+        if entry.startswith(f"{flag} "):
+            return entry
+    raise AssertionError(f"{flag} is not in the help")
+
+
+@pytest.mark.parametrize(
+    ("flag", "effective"),
+    [
+        ("--timer-slack", "effective_timer_slack"),
+        ("--stall-threshold", "effective_stall_threshold"),
+    ],
+)
+def test_a_computed_default_in_the_help_is_the_configs(flag: str, effective: str) -> None:
+    """The help's formula, evaluated, gives what Config computes when the
+    flag is left out, for short and long intervals."""
+    found = re.search(r"\(default: min\(interval/([\d.]+), ([\d.]+)\)\)", option_help(flag))
+    assert found is not None, f"{flag}'s help names no default"
+    divisor, cap = float(found[1]), float(found[2])
+    for interval in (0.1, 0.4, 1.0, 30.0, 120.0):
+        computed = getattr(Config(heartbeat_interval=interval), effective)
+        assert min(interval / divisor, cap) == pytest.approx(computed), interval
+
+
+def test_the_flags_defaults_are_the_configs() -> None:
+    """Leaving every flag out gives Config(); each numeric flag's help
+    shows the default it will get."""
+    assert cli.build_config(cli.parser().parse_args(["serve"])) == Config()
+    for flag, field in (
+        ("--heartbeat-interval", "heartbeat_interval"),
+        ("--max-missed-pongs", "max_missed_pongs"),
+        ("--max-message-size", "max_message_size"),
+        ("--handshake-timeout", "handshake_timeout"),
+        ("--drain-timeout", "drain_timeout"),
+    ):
+        assert f"(default: {getattr(Config(), field)})" in option_help(flag)
+
+
+# ------------------------------------------------ optional dependencies
+
+NO_TRIO = "import sys; sys.modules['trio'] = None  # as if trio were not installed"
+TRIO_HINT = "pip install 'wslifecycle[trio]'"
+
+
+def test_driver_trio_without_trio_names_the_extra() -> None:
+    """--driver trio with trio missing: the pip command, one line, exit 2."""
+    done = run_cli("serve", "--driver", "trio", prelude=NO_TRIO)
+    assert done.returncode == 2
+    assert one_line(done.stderr) == f"wslifecycle: --driver trio needs trio: {TRIO_HINT}"
+
+
+def test_importing_the_trio_driver_without_trio_names_the_extra() -> None:
+    """The ImportError a library user sees says what to install."""
+    code = f"{NO_TRIO}\nimport wslifecycle.drivers.trio"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 1
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("ImportError: ")
+    assert TRIO_HINT in last

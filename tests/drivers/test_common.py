@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 
 import pytest
 
-from wslifecycle import Metrics
-from wslifecycle.drivers._common import prometheus_exporter, reset_socket
+from wslifecycle import Metrics, State, TerminationCause
+from wslifecycle.actions import StateChanged
+from wslifecycle.drivers._common import log_transition, prometheus_exporter, reset_socket
 
 
 def test_without_prometheus_client_metrics_says_how_to_install_it(
@@ -37,3 +39,16 @@ def test_a_reset_socket_closes_with_an_rst() -> None:
         client.recv(1)
     client.close()
     listener.close()
+
+
+def test_a_probe_transition_is_logged_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+    """A plain HTTP request's one transition is debug; a connection's is info."""
+    probe = StateChanged("p", State.OPEN, State.CLOSED, TerminationCause.PLAIN_HTTP)
+    connection = StateChanged("c", State.OPEN, State.CLOSED, TerminationCause.TRANSPORT_LOST)
+    with caplog.at_level(logging.DEBUG, logger="wslifecycle"):
+        log_transition(probe)
+        log_transition(connection)
+    assert [(r.levelno, r.getMessage().split()[1]) for r in caplog.records] == [
+        (logging.DEBUG, "connection=p"),
+        (logging.INFO, "connection=c"),
+    ]

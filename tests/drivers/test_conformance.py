@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import socket
 import struct
@@ -29,7 +30,7 @@ from tests.drivers.harness import (
     open_fds,
     python_client,
 )
-from wslifecycle import Config
+from wslifecycle import Config, TerminationCause
 
 INTERVAL = 0.3
 MAX_MISSED = 2
@@ -331,6 +332,55 @@ def test_metrics_and_health_are_served_on_the_same_port(driver: str) -> None:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(4096).endswith(b"ok\n")
+
+
+def _get(port: int, path: str) -> bytes:
+    """One plain HTTP request; the whole answer (the server closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_probes_do_not_move_the_numbers_they_read(driver: str, logs: LogWatch) -> None:
+    """/healthz and /metrics requests are not connections: between two
+    scrapes, probes move no connection gauge, closed total or handshake
+    counter (only wslifecycle_http_requests_total), and log nothing at info."""
+    with SERVERS[driver](config()) as server:
+
+        async def one_echo() -> None:
+            async with websockets.connect(url(server)) as ws:
+                await ws.send("x")
+                await ws.recv()
+
+        asyncio.run(one_echo())
+        logs.wait_for("to=closed cause=peer_close", 5)
+        mark = logs.mark()
+
+        def watched(scrape: bytes) -> list[str]:
+            assert scrape.startswith(b"HTTP/1.1 200 ")
+            return [
+                line
+                for line in scrape.decode().splitlines()
+                if line.startswith(
+                    ("wslifecycle_connections", "wslifecycle_handshakes", "wslifecycle_termin")
+                )
+            ]
+
+        before = watched(_get(server.port, "/metrics"))
+        for _ in range(3):
+            assert _get(server.port, "/healthz").endswith(b"ok\n")
+        after = _get(server.port, "/metrics")
+        assert watched(after) == before
+        assert 'wslifecycle_connections{state="open"} 0.0' in before
+        assert 'wslifecycle_connections_closed_total{cause="peer_close"} 1.0' in before
+        assert b'wslifecycle_http_requests_total{path="/healthz"} 3.0' in after
+        assert b'wslifecycle_http_requests_total{path="/metrics"} 2.0' in after
+        assert server.metrics().closed_by_cause == {TerminationCause.PEER_CLOSE: 1}
+    noisy = [r.getMessage() for r in logs.records[mark:] if r.levelno >= logging.INFO]
+    assert not [line for line in noisy if "transition" in line], noisy
 
 
 # ---------------------------------------------------------------- leaks
