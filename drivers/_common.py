@@ -190,6 +190,7 @@ def carry_out(
         elif isinstance(action, HandshakeRequested):
             ops.handshake(action.request)
         elif isinstance(action, AcceptUpgrade):
+            log_accepted(wire)
             ops.accepted()
         elif isinstance(action, CloseTransport):
             ops.close()
@@ -256,6 +257,27 @@ def log_transition(event: StateChanged) -> None:
             event.current.value,
             event.cause.value if event.cause else "-",
         )
+
+
+def log_accepted(wire: ServerConnection) -> None:
+    """Who connected, to what: one line per accepted upgrade (the client's
+    address is the trusted proxies' when they name it)."""
+    if log.isEnabledFor(logging.INFO):
+        request = wire.request
+        log.info(
+            "accepted connection=%s remote=%s path=%s subprotocol=%s",
+            wire.id,
+            _address(wire.remote_address),
+            request.path if request is not None else "-",
+            wire.subprotocol or "-",
+        )
+
+
+def _address(address: Address | None) -> str:
+    if isinstance(address, tuple):
+        host, port = address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return address or "-"
 
 
 def log_alert(alert: Alert) -> None:

@@ -238,7 +238,10 @@ def test_trusted_proxies_name_the_client(driver: str) -> None:
     """From a trusted peer, X-Forwarded-For names the client; the headers of
     an untrusted peer are ignored."""
     for trusted, expected in [(frozenset({"loopback"}), "203.0.113.7"), (frozenset(), "127.0.0.1")]:
-        with server(driver, describing_handler(driver), trusted_proxies=trusted) as srv:
+        with (
+            LogWatch() as log,
+            server(driver, describing_handler(driver), trusted_proxies=trusted) as srv,
+        ):
 
             async def client() -> Any:
                 async with websockets.connect(
@@ -249,6 +252,8 @@ def test_trusted_proxies_name_the_client(driver: str) -> None:
                     return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
             assert asyncio.run(client())["remote"][0] == expected
+            # The operator's log says who it was, too.
+            log.wait_for(rf"accepted connection=\S+ remote={expected}:\d+ path=/ subprotocol=-", 5)
 
 
 # ------------------------------------------------------- a websockets user's reflexes
