@@ -31,8 +31,8 @@ import asyncio
 import os
 import socket
 import ssl as _ssl
-from collections.abc import Awaitable, Callable, Generator
-from typing import Unpack, cast
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Unpack, cast
 
 from wslifecycle.handshake import Accept, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
@@ -424,9 +424,9 @@ class Server(ServerBase):
     def _start_handler(self, conn: Connection) -> None:
         self._spawn(run_handler(self._handler, conn))
 
-    def _spawn(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task the server owns: ``aclose`` cancels it if still running."""
-        task: asyncio.Task[None] = self._loop.create_task(coroutine)  # type: ignore[arg-type]
+        task = self._loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
