@@ -18,6 +18,7 @@ threads), what ``now`` is and how a wire's output reaches its socket
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import random
@@ -25,7 +26,7 @@ import secrets
 import socket
 import struct
 from collections.abc import Callable
-from typing import Protocol, TypedDict, Unpack
+from typing import Any, Protocol, TypedDict, Unpack
 
 from wslifecycle import AlertKind, Config, Entropy, MetricsSnapshot, State, TerminationCause
 from wslifecycle.actions import (
@@ -53,6 +54,7 @@ __all__ = [
     "TransportOps",
     "answer_handshake",
     "carry_out",
+    "check_handler",
     "default_entropy",
     "driver_hub",
     "fast_unmask",
@@ -242,6 +244,44 @@ def answer_handshake(wire: ServerConnection, now: float, answer: object) -> None
     except ValueError as error:  # e.g. a subprotocol the client did not offer
         log.error("handshake hook failed connection=%s: %s", wire.id, error)
         wire.answer_upgrade(now, Reject(500, "internal error in the handshake hook\n"))
+
+
+def check_handler(handler: object, *, driver: str, coroutine: bool) -> None:
+    """Refuse at ``serve()`` a handler that would fail on every connection
+    (a 1011 for each peer): the habits of other libraries, said plainly."""
+    if not callable(handler):
+        raise TypeError(f"serve(): handler must be callable, got {handler!r}")
+    call: Any = handler if inspect.isroutine(handler) else type(handler).__call__
+    is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+    try:
+        parameters = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        parameters = []
+    required = [
+        p
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(required) > 1:
+        raise TypeError(
+            f"serve(): the handler takes one argument, the connection, not"
+            f" {len(required)}: write `{'async ' if coroutine else ''}def handler(conn)` and read"
+            " the path as conn.request.path"
+        )
+    # A named plain function (not a lambda, which may return a coroutine).
+    name = getattr(handler, "__name__", "<lambda>")
+    if coroutine and not is_async and inspect.isfunction(call) and name != "<lambda>":
+        raise TypeError(
+            f"serve(): the {driver} driver runs coroutine handlers: write `async def"
+            f" {name}(conn)` (with `async for message in conn`); plain functions"
+            " run on the selector driver"
+        )
+    if not coroutine and is_async:
+        raise TypeError(
+            "serve(): the selector driver runs plain functions on its handler threads:"
+            " write `def handler(conn)` (with `for message in conn`); coroutine handlers"
+            " run on the asyncio and Trio drivers"
+        )
 
 
 def log_transition(event: StateChanged) -> None:

@@ -43,6 +43,7 @@ from ._common import (
     ServerBase,
     answer_handshake,
     carry_out,
+    check_handler,
     driver_hub,
     peer_address,
     reset_socket,
@@ -369,6 +370,14 @@ class Server(ServerBase):
         await self._drained.wait()
         await self.aclose()
 
+    def close(self) -> None:
+        """websockets' spelling of :meth:`begin_drain`; then ``await wait_closed()``."""
+        self.begin_drain()
+
+    async def wait_closed(self) -> None:
+        """Wait until a drain has finished and the server is closed."""
+        await self.serve_forever()
+
     async def drain(self) -> None:
         """Drain now and wait until it is finished."""
         self.begin_drain()
@@ -484,6 +493,7 @@ def serve(
     it for the running :class:`Server`, or ``async with`` it: leaving the
     block drains the server, then closes it."""
     check_address(host, port, unix_path, metrics_port)  # at the call, before anything is made
+    check_handler(handler, driver="asyncio", coroutine=True)
 
     async def start() -> Server:
         driver = driver_hub(defer_handshake=process_request is not None, **hub)

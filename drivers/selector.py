@@ -87,6 +87,7 @@ from ._common import (
     ServerBase,
     answer_handshake,
     carry_out,
+    check_handler,
     driver_hub,
     log,
     peer_address,
@@ -757,6 +758,7 @@ def serve(
     handshake hook, run on a handler thread). Returns the running server,
     its I/O thread started."""
     check_address(host, port, unix_path, metrics_port)  # before anything is made
+    check_handler(handler, driver="selector", coroutine=False)
     driver = driver_hub(defer_handshake=process_request is not None, **hub)
     server = Server(handler, driver, workers, process_request, ssl=ssl)
     server.start(host, port, unix_path=unix_path, metrics_port=metrics_port, backlog=backlog)

@@ -68,6 +68,7 @@ from ._common import (
     ServerBase,
     answer_handshake,
     carry_out,
+    check_handler,
     driver_hub,
     log,
     peer_address,
@@ -459,6 +460,7 @@ async def serve_listeners(
     ``broker``: :class:`HubOptions`; ``process_request``: the handshake
     hook, a function or a coroutine function). With ``nursery.start`` it
     returns the :class:`Server` once listening."""
+    check_handler(handler, driver="trio", coroutine=True)
     driver = driver_hub(defer_handshake=process_request is not None, **hub)
     server = Server(handler, driver, listeners, metrics_listeners, process_request)
     async with trio.open_nursery() as nursery:
@@ -498,6 +500,7 @@ def serve(
     handler, host, port)``, or ``async with serve(handler, host, port) as
     server:`` (leaving the block drains)."""
     path = check_address(host, port, unix_path, metrics_port)  # at the call: nothing made yet
+    check_handler(handler, driver="trio", coroutine=True)
     context = check_context(ssl)
 
     async def run(task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:

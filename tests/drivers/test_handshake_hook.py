@@ -341,3 +341,59 @@ def test_a_refused_client_sees_the_status() -> None:
             return refused.value.response.status_code
 
         assert asyncio.run(client()) == 401
+
+
+def test_a_handler_that_cannot_work_is_refused_at_serve() -> None:
+    """Habits from other libraries fail at once, saying what to write, never
+    as a 1011 for each peer: a plain function on a coroutine driver, a
+    coroutine on the selector, the legacy ``handler(websocket, path)``."""
+    from wslifecycle.drivers import asyncio as asyncio_driver
+    from wslifecycle.drivers import selector as selector_driver
+    from wslifecycle.drivers import trio as trio_driver
+
+    def plain(conn: Any) -> None:
+        pass
+
+    async def legacy(websocket: Any, path: str) -> None:
+        pass
+
+    async def coroutine(conn: Any) -> None:
+        pass
+
+    with pytest.raises(
+        TypeError, match=r"asyncio driver runs coroutine handlers: write `async def plain"
+    ):
+        asyncio_driver.serve(plain, "127.0.0.1", 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"trio driver runs coroutine handlers"):
+        trio_driver.serve(plain, "127.0.0.1", 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"takes one argument, the connection, not 2"):
+        asyncio_driver.serve(legacy, "127.0.0.1", 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"selector driver runs plain functions"):
+        selector_driver.serve(coroutine, "127.0.0.1", 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"handler must be callable"):
+        selector_driver.serve("echo", "127.0.0.1", 0)  # type: ignore[arg-type]
+
+
+def test_websockets_server_close_and_wait_closed() -> None:
+    """``server.close()`` then ``await server.wait_closed()``: websockets'
+    words for a drain, and a lambda or a callable object is a fine handler."""
+    from wslifecycle.drivers.asyncio import echo_handler, serve
+
+    class Echo:
+        async def __call__(self, conn: Any) -> None:
+            await echo_handler(conn)
+
+    async def main() -> tuple[str, str]:
+        config = Config(allow_no_origin=True, heartbeat_interval=5.0)
+        replies = []
+        for handler in (Echo(), lambda conn: echo_handler(conn)):
+            srv = await serve(handler, "127.0.0.1", 0, config=config)
+            async with websockets.connect(f"ws://127.0.0.1:{srv.port}/") as ws:
+                await ws.send("hello")
+                replies.append(str(await asyncio.wait_for(ws.recv(), 10)))
+            srv.close()
+            await asyncio.wait_for(srv.wait_closed(), 10)
+            assert srv.hub.drained
+        return replies[0], replies[1]
+
+    assert asyncio.run(main()) == ("hello", "hello")
