@@ -26,7 +26,7 @@ import secrets
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any, Protocol, TypedDict, Unpack, cast
 
 from wslifecycle import AlertKind, Config, Entropy, MetricsSnapshot, State, TerminationCause
 from wslifecycle.actions import (
@@ -218,32 +218,26 @@ def carry_out(
     ops.sync_reading(wire.reading_paused)
 
 
-def answer_handshake(wire: ServerConnection, now: float, answer: object) -> None:
-    """Give the hook's answer to the wire. A hook that raised (``answer`` is
-    the exception) or gave something unusable gets HTTP 500, logged with the
-    reason; the peer learns only that the server failed."""
+def answer_handshake(server: DriverServer, wire: ServerConnection, answer: object) -> None:
+    """Give the hook's answer to the wire and flush it. A hook that raised
+    (``answer`` is the exception, logged with its traceback) or answered
+    something the wire refuses (not an Accept, Reject or None; a subprotocol
+    the client did not offer) gets HTTP 500 and a log line with the reason;
+    the peer learns only that the server failed."""
+    now = server.now()
     if isinstance(answer, BaseException):
-        log.error(
-            "handshake hook failed connection=%s",
-            wire.id,
-            exc_info=(type(answer), answer, answer.__traceback__),
-        )
-        wire.answer_upgrade(now, Reject(500, "internal error in the handshake hook\n"))
-        return
-    if answer is not None and not isinstance(answer, Accept | Reject):
-        log.error(
-            "handshake hook failed connection=%s: it returned %r; return Accept(...),"
-            " Reject(status, body) or None",
-            wire.id,
-            answer,
-        )
-        wire.answer_upgrade(now, Reject(500, "internal error in the handshake hook\n"))
-        return
-    try:
-        wire.answer_upgrade(now, answer)
-    except ValueError as error:  # e.g. a subprotocol the client did not offer
-        log.error("handshake hook failed connection=%s: %s", wire.id, error)
-        wire.answer_upgrade(now, Reject(500, "internal error in the handshake hook\n"))
+        log.error("handshake hook failed connection=%s", wire.id, exc_info=answer)
+        wire.answer_upgrade(now, _HOOK_FAILED)
+    else:
+        try:
+            wire.answer_upgrade(now, cast(Accept | Reject | None, answer))  # it checks
+        except (TypeError, ValueError) as refused:
+            log.error("handshake hook failed connection=%s: %s", wire.id, refused)
+            wire.answer_upgrade(now, _HOOK_FAILED)
+    server.flush(wire)
+
+
+_HOOK_FAILED = Reject(500, "internal error in the handshake hook\n")
 
 
 def check_handler(handler: object, *, driver: str, coroutine: bool) -> None:

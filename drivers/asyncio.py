@@ -204,16 +204,14 @@ class _Protocol(asyncio.BufferedProtocol):
         assert hook is not None  # only a server with a hook defers handshakes
         answer, pending = call_hook(hook, request)
         if pending is None:
-            answer_handshake(self.wire, server.now(), answer)
-            server.flush(self.wire)
+            answer_handshake(server, self.wire, answer)
         else:
             self.hook_task = server._spawn(self._await_hook(pending))
 
     async def _await_hook(self, pending: Awaitable[Accept | Reject | None]) -> None:
         answer = await await_hook(pending)
         self.hook_task = None
-        answer_handshake(self.wire, self.server.now(), answer)
-        self.server.flush(self.wire)
+        answer_handshake(self.server, self.wire, answer)
 
     def accepted(self) -> None:
         self.server._start_handler(self.conn)

@@ -472,8 +472,7 @@ class Server(ServerBase):
         except Exception as error:
             answer = error
         with self._lock:
-            answer_handshake(conn.wire, self.now(), answer)
-            self.flush(conn.wire)
+            answer_handshake(self, conn.wire, answer)
 
     def _run_handler(self, conn: Connection) -> None:
         """One run of the handler for one burst of ``conn``'s messages."""

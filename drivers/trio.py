@@ -183,8 +183,7 @@ class _Transport:
         assert hook is not None  # only a server with a hook defers handshakes
         answer, pending = call_hook(hook, request)
         if pending is None:
-            answer_handshake(self.wire, trio.current_time(), answer)
-            server.flush(self.wire)
+            answer_handshake(server, self.wire, answer)
         else:
             assert self.nursery is not None
             self.hook_scope = trio.CancelScope()
@@ -196,8 +195,7 @@ class _Transport:
         with scope:
             answer = await await_hook(pending)
             self.hook_scope = None
-            answer_handshake(self.wire, trio.current_time(), answer)
-            self.server.flush(self.wire)
+            answer_handshake(self.server, self.wire, answer)
 
     def accepted(self) -> None:
         assert self.nursery is not None

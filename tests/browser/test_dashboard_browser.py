@@ -10,11 +10,9 @@ import json
 import os
 import pathlib
 import queue
-import select
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +23,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
+
+from tests.drivers.harness import cli_server
 
 HERE = pathlib.Path(__file__).resolve().parent
 CHROMIUM = "/usr/bin/chromium"
@@ -144,30 +144,9 @@ const alertRows = () => document.querySelectorAll("#alerts tbody tr").length;
 @contextmanager
 def served(driver: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """``wslifecycle serve --dashboard`` on a free port; SIGTERM drains it."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "wslifecycle.drivers", "serve", "--port", "0", "--driver", driver,
-         "--dashboard", "--allow-no-origin", "--heartbeat-interval", str(INTERVAL),
-         "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], 15)
-        assert ready, "the server printed no serving line in 15 s"
-        banner = process.stdout.readline()
-        assert f"(driver {driver})" in banner, banner
-        yield process, int(banner.rsplit(":", 1)[1].split()[0])
-        process.send_signal(signal.SIGCONT)
-        process.terminate()
-        assert process.wait(15) == 0
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)
-            process.kill()
-            process.wait(5)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+    flags = ("--dashboard", "--allow-no-origin", "--heartbeat-interval", str(INTERVAL))
+    with cli_server(driver, *flags) as served_process:
+        yield served_process
 
 
 def stall(process: subprocess.Popen[str], seconds: float) -> None:

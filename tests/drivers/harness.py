@@ -5,11 +5,13 @@ client process that can be paused with SIGSTOP)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pathlib
 import re
+import select
 import selectors
 import signal
 import socket
@@ -345,3 +347,41 @@ class Peer:
 def events_of(peers: list[Peer]) -> Iterator[dict[str, Any]]:
     for peer in peers:
         yield from peer.events
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+@contextlib.contextmanager
+def cli_server(driver: str, *flags: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``wslifecycle serve`` on a free port, in a process of its own: the
+    process and its port (from the serving line). Leaving drains it (SIGTERM,
+    exit 0 asserted); a stopped process (SIGSTOP) is continued first."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wslifecycle.drivers", "serve", "--port", "0",
+         "--driver", driver, "--log-level", "warning", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 15)
+        assert ready, "the server printed no serving line in 15 s"
+        banner = process.stdout.readline()
+        assert f"(driver {driver})" in banner, banner
+        yield process, int(banner.rsplit(":", 1)[1].split()[0])
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        assert process.wait(15) == 0
+    finally:
+        reap(process)
+
+
+def reap(process: subprocess.Popen[str]) -> None:
+    """Make sure ``process`` has ended (killed if it still runs) and its pipes are closed."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait(5)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()

@@ -22,7 +22,7 @@ import websockets
 from websockets.asyncio.client import unix_connect
 
 import wslifecycle
-from tests.drivers.harness import open_fds
+from tests.drivers.harness import open_fds, reap
 from wslifecycle import Config
 from wslifecycle.drivers import cli
 
@@ -177,12 +177,7 @@ def stop(process: subprocess.Popen[str]) -> int:
     try:
         return process.wait(15)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        reap(process)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

@@ -5,11 +5,7 @@ guards like any other, and the relay beside it unchanged."""
 from __future__ import annotations
 
 import json
-import select
-import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,32 +14,16 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
+from tests.drivers.harness import cli_server
+
 DRIVERS = ("asyncio", "selector", "trio")
 
 
 @contextmanager
 def served(driver: str, *flags: str) -> Iterator[int]:
     """The CLI on a free port (its port); SIGTERM drains it, exit 0."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "wslifecycle.drivers", "serve", "--port", "0",
-         "--driver", driver, "--log-level", "warning", *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], 15)
-        assert ready, "the server printed no serving line in 15 s"
-        port = int(process.stdout.readline().rsplit(":", 1)[1].split()[0])
+    with cli_server(driver, *flags) as (_, port):
         yield port
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
