@@ -1,0 +1,1 @@
+"""The fleet: one sequence per channel, history, presence and resume, on one node or many (Redis)."""
