@@ -1,68 +1,47 @@
-"""Pub/sub membership: which connections hear which channel.
+"""What a broker is: where channels' sequences, history and presence live.
 
-:class:`Broker` is the small interface; :class:`InMemoryBroker` is the one
-process implementation (a broker for several processes implements the same
-four methods). Members are whatever the hub registers (its wire
-connections); the broker only keeps sets.
+The fleet engine (:class:`~wslifecycle.fleet.engine.Fleet`) sends a broker
+ops and hears answers and events back (:mod:`wslifecycle.fleet.ops`). Two
+brokers ship: :class:`~wslifecycle.fleet.memory.InMemoryBroker` (one node,
+the default) and :class:`~wslifecycle.fleet.redis.RedisBroker` (a fleet of
+nodes on one Redis; sans-IO: a driver-side adapter moves its calls).
 
-Teardown calls :meth:`Broker.release` before the close frame, synchronously,
-so once it returns no publish can reach the member: no message may reach a
-connection after its subscriptions are released (docs/theory.md, teardown).
+Teardown leaves a channel on this node at once, synchronously, so no
+publish can reach a connection after its release; the broker's presence is
+left before the close frame (docs/theory.md, teardown; docs/fleet.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
+
+from .fleet.memory import InMemoryBroker
+from .fleet.ops import BrokerSink, Op
 
 __all__ = ["Broker", "InMemoryBroker"]
 
-M = TypeVar("M")
 
+class Broker(Protocol):
+    """A broker as the fleet engine uses it."""
 
-class Broker(Protocol[M]):
-    """Channel membership for one server."""
+    @property
+    def up(self) -> bool:
+        """Ops can be carried out now (in memory: always)."""
 
-    def subscribe(self, member: M, channel: str) -> None:
-        """Add ``member`` to ``channel`` (no effect if already there)."""
+    def bind(self, sink: BrokerSink) -> None:
+        """Where answers, events and changes of ``up`` go (once, by the engine)."""
 
-    def unsubscribe(self, member: M, channel: str) -> None:
-        """Remove ``member`` from ``channel`` (no effect if absent)."""
+    def start(self, now: float) -> None:
+        """Begin (Redis: the first connection attempt)."""
 
-    def release(self, member: M, channels: Iterable[str]) -> None:
-        """Remove ``member`` from every one of ``channels``, now."""
+    def submit(self, now: float, op: Op) -> None:
+        """Carry out ``op``; an op with an id is answered exactly once."""
 
-    def members(self, channel: str) -> list[M]:
-        """The members of ``channel``, in the order they joined."""
+    def sweep(self, now: float) -> None:
+        """Periodic housekeeping (in memory: forget idle channels)."""
 
+    def next_wakeup(self) -> float | None:
+        """When :meth:`handle_timer` must run next (None: nothing pending)."""
 
-class InMemoryBroker(Generic[M]):
-    """Membership in dictionaries (insertion-ordered, so fan-out is
-    deterministic). A channel with no members is forgotten."""
-
-    __slots__ = ("_channels",)
-
-    def __init__(self) -> None:
-        self._channels: dict[str, dict[M, None]] = {}
-
-    def subscribe(self, member: M, channel: str) -> None:
-        self._channels.setdefault(channel, {})[member] = None
-
-    def unsubscribe(self, member: M, channel: str) -> None:
-        members = self._channels.get(channel)
-        if members is not None:
-            members.pop(member, None)
-            if not members:
-                del self._channels[channel]
-
-    def release(self, member: M, channels: Iterable[str]) -> None:
-        for channel in channels:
-            self.unsubscribe(member, channel)
-
-    def members(self, channel: str) -> list[M]:
-        members = self._channels.get(channel)
-        return list(members) if members else []
-
-    def channels(self) -> list[str]:
-        """Every channel with at least one member."""
-        return list(self._channels)
+    def handle_timer(self, now: float) -> None:
+        """Deadlines of the broker's own (Redis: the next reconnect attempt)."""

@@ -114,6 +114,18 @@ class Config:
     #: also offers is selected (Sec-WebSocket-Protocol).
     subprotocols: tuple[str, ...] = ()
 
+    #: Messages of each channel kept for resume (``since``); 0 keeps none.
+    history_size: int = 100
+    #: Seconds a message stays in history (and a channel's history outlives
+    #: its last publish).
+    history_ttl: float = 300.0
+    #: Seconds a node's presence lease lasts in Redis (renewed every third of
+    #: it): a node that dies leaves every channel's members within this.
+    presence_ttl: float = 30.0
+    #: The fleet's Redis (``redis://HOST:PORT/DB``, ``rediss://``,
+    #: ``unix:///path.sock``); None: one node, channels in this process.
+    redis_url: str | None = None
+
     #: Longest HTTP request line, in bytes (else 414).
     max_request_line: int = 8 * KiB
     #: Largest HTTP request head (request line and headers), in bytes (else 431).
@@ -161,6 +173,18 @@ class Config:
                     f" or the proxy reaps idle connections first, got"
                     f" {self.heartbeat_interval}",
                 )
+        _int_at_least("history_size", self.history_size, 0)
+        _positive_number("history_ttl", self.history_ttl)
+        _positive_number("presence_ttl", self.presence_ttl)
+        if self.redis_url is not None and (
+            not isinstance(self.redis_url, str)
+            or not self.redis_url.startswith(("redis://", "rediss://", "unix://"))
+        ):
+            raise ConfigError(
+                "redis_url",
+                "must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///PATH,"
+                f" got {self.redis_url!r}",
+            )
         _int_at_least("max_message_size", self.max_message_size, 1)
         _int_at_least("max_fragments", self.max_fragments, 1)
         _int_at_least("write_buffer_guard", self.write_buffer_guard, 0)

@@ -1,8 +1,9 @@
 """Everything a server does except I/O: ``Hub``.
 
-A hub owns the one :class:`~wslifecycle.Scheduler`, a
-:class:`~wslifecycle.broker.Broker` and every
-:class:`~wslifecycle.wire.ServerConnection`. Drivers differ only in how they
+A hub owns the one :class:`~wslifecycle.Scheduler`, the
+:class:`~wslifecycle.fleet.engine.Fleet` (pub/sub over a
+:class:`~wslifecycle.broker.Broker`: in memory, or Redis for many nodes) and
+every :class:`~wslifecycle.wire.ServerConnection`. Drivers differ only in how they
 move bytes and run handlers; what they share is here, so the three of them
 stay thin (a rule two drivers need lives below them):
 
@@ -11,7 +12,8 @@ stay thin (a rule two drivers need lives below them):
   :class:`TimerWork`, every wire to flush, every socket to drop and every
   alert to log; ``next_wakeup`` says when to fire next;
 * ``begin_drain`` on SIGTERM, ``stop`` when a server ends undrained;
-* ``subscribe`` / ``unsubscribe`` / ``members`` / ``fan_out`` for pub/sub,
+* ``subscribe`` / ``unsubscribe`` / ``members`` / ``publish`` for pub/sub
+  (answers that come later from a broker are in :meth:`Hub.take_output`),
   ``channel_sizes`` for an operator;
 * ``/healthz`` and ``/metrics`` answers, and pages a driver adds
   (``add_page``); also on a listener of their own (``open(now,
@@ -37,10 +39,13 @@ from collections import deque
 from collections.abc import Callable
 
 from .actions import Alert
-from .broker import Broker, InMemoryBroker
+from .broker import Broker
 from .causes import TerminationCause
 from .config import Config
 from .entropy import Entropy
+from .fleet.engine import Fleet
+from .fleet.memory import InMemoryBroker
+from .fleet.ops import Answer
 from .handshake import Address
 from .lifecycle import ConnectionLifecycle
 from .metrics import MetricsSnapshot
@@ -91,14 +96,16 @@ class Hub:
     __slots__ = (
         "_closing",
         "_defer_handshake",
+        "_fleet_started",
         "_health",
+        "_last_now",
         "_metrics_exporter",
         "_page_paths",
         "_pages",
         "_plain",
         "_unmask",
         "_wires",
-        "broker",
+        "fleet",
         "recent_alerts",
         "scheduler",
     )
@@ -108,7 +115,7 @@ class Hub:
         config: Config,
         entropy: Entropy,
         *,
-        broker: Broker[ServerConnection] | None = None,
+        broker: Broker | None = None,
         metrics_exporter: MetricsExporter | None = None,
         unmask: Unmask | None = None,
         defer_handshake: bool = False,
@@ -116,14 +123,23 @@ class Hub:
         """``unmask``: a faster unmasking function for client frames (the
         drivers pass websockets' C one when it is installed).
         ``defer_handshake``: every wire hands its upgrade request to the
-        caller (``HandshakeRequested``; the drivers run the handshake hook)."""
+        caller (``HandshakeRequested``; the drivers run the handshake hook).
+        ``broker``: where channels' sequences, history and presence live
+        (default: this process, :class:`~wslifecycle.fleet.memory.InMemoryBroker`)."""
         self._defer_handshake = defer_handshake
         self.scheduler = Scheduler(config, entropy)
         # The connections of a plain-HTTP-only listener: same deadlines, but
         # counted apart (these metrics are never exported).
         self._plain = Scheduler(config, entropy)
         self._unmask = unmask
-        self.broker: Broker[ServerConnection] = broker or InMemoryBroker()
+        #: Pub/sub: subscribers, their cursors, presence, the broker.
+        self.fleet = Fleet(
+            broker or InMemoryBroker(config.history_size, config.history_ttl),
+            new_epoch=entropy.connection_id,
+            presence_ttl=config.presence_ttl,
+        )
+        self._fleet_started = False
+        self._last_now = 0.0  # the latest time the hub was given (see subscribe)
         self._metrics_exporter = metrics_exporter
         self._health = health_responder(self.scheduler)
         # The wire of every lifecycle not yet CLOSED (the scheduler knows
@@ -152,11 +168,14 @@ class Hub:
         ``plain_only``: the socket came from a listener that only answers
         ``/healthz`` and ``/metrics`` (every other path gets 404, no upgrade
         is accepted); it counts in no metric."""
+        self._last_now = now
+        if not self._fleet_started:
+            self.start(now)
         wire = ServerConnection(
             self._plain if plain_only else self.scheduler,
             now,
             responder=self._respond,
-            release_channels=self.broker.release,
+            release_channels=self.fleet.release,
             on_closed=self._closed,
             unmask=self._unmask,
             peer_address=peer_address,
@@ -166,6 +185,13 @@ class Hub:
         )
         self._wires[wire.lifecycle] = wire
         return wire
+
+    def start(self, now: float) -> None:
+        """Start the fleet's broker (Redis: connect) and its presence timer;
+        the first :meth:`open` does it if the driver has not."""
+        if not self._fleet_started:
+            self._fleet_started = True
+            self.fleet.start(now)
 
     @property
     def connections(self) -> list[ServerConnection]:
@@ -177,9 +203,9 @@ class Hub:
     def next_wakeup(self) -> float | None:
         """When the driver's one timer must fire next (None: nothing pending)."""
         wakeup = self.scheduler.next_wakeup()
-        plain = self._plain.next_wakeup()
-        if plain is not None and (wakeup is None or plain < wakeup):
-            wakeup = plain
+        for other in (self._plain.next_wakeup(), self.fleet.next_wakeup()):
+            if other is not None and (wakeup is None or other < wakeup):
+                wakeup = other
         if self._closing:
             closing = self._closing[0][0]
             if wakeup is None or closing < wakeup:
@@ -191,6 +217,10 @@ class Hub:
         ``limit`` of them; the rest stay due, so :meth:`next_wakeup` is still
         ≤ now and the driver calls again after letting its loop breathe)."""
         wires = self._wires
+        self._last_now = now
+        fleet_due = self.fleet.next_wakeup()
+        if fleet_due is not None and fleet_due <= now:
+            self.fleet.handle_timer(now)
         ran = self.scheduler.tick(now, limit)
         rest = None if limit is None else limit - len(ran)
         if rest is None or rest > 0:
@@ -201,6 +231,7 @@ class Hub:
             wire = wires[lifecycle]
             wire.pump(now)
             flush.append(wire)
+        flush.extend(self.take_output(now))
         alerts = self.scheduler.take_alerts()
         for alert in alerts:
             self.record_alert(now, alert)
@@ -269,37 +300,62 @@ class Hub:
 
     # ---------------------------------------------------------------- pub/sub
 
-    def subscribe(self, wire: ServerConnection, channel: str) -> None:
-        """Join a channel. Raises :class:`ConnectionClosed` unless ACTIVE."""
+    def subscribe(
+        self,
+        wire: ServerConnection,
+        channel: str,
+        now: float | None = None,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        presence: bool = False,
+        announce: bool = False,
+    ) -> None:
+        """Join a channel (resuming after ``since`` of sequence ``epoch``;
+        ``presence``: hear joins and leaves; ``announce``: answer ``subscribed``,
+        as a relay client expects). Raises
+        :class:`ConnectionClosed` unless ACTIVE. ``now`` defaults to the
+        latest time the hub was given."""
         wire.lifecycle.subscribe(channel)
-        self.broker.subscribe(wire, channel)
+        at = self._last_now if now is None else now
+        self.fleet.subscribe(
+            at, wire, channel, since=since, epoch=epoch, presence=presence, announce=announce
+        )
 
-    def unsubscribe(self, wire: ServerConnection, channel: str) -> None:
+    def unsubscribe(self, wire: ServerConnection, channel: str, now: float | None = None) -> None:
         """Leave a channel (no effect if not a member)."""
         wire.lifecycle.unsubscribe(channel)
-        self.broker.unsubscribe(wire, channel)
+        self.fleet.unsubscribe(self._last_now if now is None else now, wire, channel)
 
     def members(self, channel: str) -> list[ServerConnection]:
-        """Members that can still be sent to: never one that is closing."""
-        return [wire for wire in self.broker.members(channel) if wire.lifecycle.accepts_sends]
+        """This node's members that can still be sent to: never one that is
+        closing. (The fleet's, as ids: the relay's ``members``.)"""
+        return self.fleet.local_members(channel)
 
-    def fan_out(
-        self, channel: str, render: Callable[[ServerConnection], str | bytes], now: float
-    ) -> list[ServerConnection]:
-        """Send ``render(member)`` to every member of ``channel`` (sequenced,
-        non-critical); returns the members that were sent to."""
-        # members() holds only connections that accept sends, so none raises.
-        return [wire for wire in self.members(channel) if wire.send(render(wire), now) is not None]
+    def publish(
+        self, channel: str, data: object, now: float, origin: ServerConnection | None = None
+    ) -> Answer | None:
+        """Publish ``data`` (any JSON value) on ``channel`` to its subscribers
+        across the fleet; ``origin`` is answered ``published`` or ``error``.
+        The broker's answer if it came at once (in memory), else None."""
+        self._last_now = now
+        return self.fleet.publish(now, channel, data, origin)
 
-    def channel_sizes(self) -> dict[str, int] | None:
-        """Every channel with members that can still be sent to, and how
-        many; None when the broker cannot list its channels (only the
-        in-memory one can: another may span processes)."""
-        broker = self.broker
-        if not isinstance(broker, InMemoryBroker):
-            return None
-        sizes = {channel: len(self.members(channel)) for channel in broker.channels()}
-        return {channel: size for channel, size in sizes.items() if size}
+    def take_output(self, now: float) -> list[ServerConnection]:
+        """Wires the fleet wrote to (answers, deliveries, drift), and wires
+        whose teardown waited for the broker and may now send their close
+        frame: flush each. Drivers call this after anything that reached the
+        fleet (a relay message, a publish, a broker event)."""
+        fleet = self.fleet
+        for wire in fleet.take_released():
+            wire.channels_released(now)
+            fleet.touch(wire)
+        return fleet.take_touched()
+
+    def channel_sizes(self) -> dict[str, int]:
+        """Every channel with members on this node that can still be sent
+        to, and how many."""
+        return self.fleet.channel_sizes()
 
     # ------------------------------------------------------------------ HTTP
 

@@ -39,9 +39,10 @@ from wslifecycle.actions import (
     Terminate,
 )
 from wslifecycle.broker import Broker
+from wslifecycle.fleet.ops import Stored
 from wslifecycle.handshake import Accept, Address, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
-from wslifecycle.relay import handle_relay_message, publish
+from wslifecycle.relay import handle_relay_message
 from wslifecycle.wire import HttpReply, ServerConnection
 from wslifecycle.wire.mask import Unmask
 
@@ -84,8 +85,9 @@ class HubOptions(TypedDict, total=False):
     config: Config | None
     #: Connection ids and probe payloads (default: the OS CSPRNG).
     entropy: Entropy | None
-    #: Channel membership (default: one process, in memory).
-    broker: Broker[ServerConnection] | None
+    #: Where channels' sequences, history and presence live (default: this
+    #: process; ``serve(redis_url=...)`` / ``Config.redis_url``: Redis).
+    broker: Broker | None
 
 
 def driver_hub(*, defer_handshake: bool = False, **options: Unpack[HubOptions]) -> Hub:
@@ -367,6 +369,9 @@ class DriverServer(Protocol):
     def publish(self, channel: str, data: object) -> int:
         """Relay-format ``data`` to every member of ``channel``."""
 
+    def flush_fleet(self, now: float) -> None:
+        """Flush every wire the fleet wrote to."""
+
 
 class ServerBase:
     """Publish, drain and the timer callback: the same on every driver."""
@@ -384,11 +389,25 @@ class ServerBase:
         raise NotImplementedError
 
     def publish(self, channel: str, data: object) -> int:
-        """Relay-format ``data`` to every member of ``channel``; how many got it."""
-        receivers = publish(self.hub, channel, data, self.now())
-        for wire in receivers:
+        """Relay-format ``data`` to every member of ``channel`` across the
+        fleet. Returns the channel's members when it was stored, if the
+        broker answered at once (in memory); 0 when the answer comes later
+        (Redis: the fan-out follows) or the broker is down (then only this
+        node's members get it, unsequenced, and the failure is logged)."""
+        hub = self.hub
+        now = self.now()
+        answer = hub.publish(channel, data, now)
+        self.flush_fleet(now)
+        if isinstance(answer, Stored):
+            return answer.receivers
+        if answer is not None:
+            log.warning("publish channel=%s failed: %s", channel, getattr(answer, "reason", answer))
+        return 0
+
+    def flush_fleet(self, now: float) -> None:
+        """Flush every wire the fleet wrote to (or let close) since last time."""
+        for wire in self.hub.take_output(now):
             self.flush(wire)
-        return len(receivers)
 
     def _drain_hub(self) -> None:
         """SIGTERM: handshakes get 503, connections close with 1001, and what
@@ -487,11 +506,26 @@ class ConnectionBase:
         server.flush(self.wire)
         return seq
 
-    def subscribe(self, channel: str) -> None:
-        self._server.hub.subscribe(self.wire, channel)
+    def subscribe(
+        self,
+        channel: str,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        presence: bool = False,
+    ) -> None:
+        """Join ``channel`` (messages arrive as relay ``message`` frames;
+        ``since``/``epoch``: resume; ``presence``: join/leave frames too)."""
+        server = self._server
+        now = server.now()
+        server.hub.subscribe(self.wire, channel, now, since=since, epoch=epoch, presence=presence)
+        server.flush_fleet(now)
 
     def unsubscribe(self, channel: str) -> None:
-        self._server.hub.unsubscribe(self.wire, channel)
+        server = self._server
+        now = server.now()
+        server.hub.unsubscribe(self.wire, channel, now)
+        server.flush_fleet(now)
 
     def publish(self, channel: str, data: object) -> int:
         """Relay-format ``data`` to every member of ``channel``; how many got it."""

@@ -235,8 +235,6 @@ class Dashboard:
 
     def _channel_list(self, hub: Hub) -> dict[str, Any]:
         sizes = hub.channel_sizes()
-        if sizes is None:
-            return {"listed": False}
         largest = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))
         return {
             "listed": True,

@@ -137,9 +137,16 @@ class Connection(ConnectionBase):
         with self._server._lock:
             return super().send(data, critical=critical)
 
-    def subscribe(self, channel: str) -> None:
+    def subscribe(
+        self,
+        channel: str,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        presence: bool = False,
+    ) -> None:
         with self._server._lock:
-            super().subscribe(channel)
+            super().subscribe(channel, since=since, epoch=epoch, presence=presence)
 
     def unsubscribe(self, channel: str) -> None:
         with self._server._lock:

@@ -1,1 +1,2 @@
-"""The fleet: one sequence per channel, history, presence and resume, on one node or many (Redis)."""
+"""The fleet: one sequence per channel, history, presence and resume, on one
+node (in memory) or many (Redis)."""

@@ -114,7 +114,10 @@ PageReply = tuple[int, str, bytes, tuple[tuple[str, str], ...]]
 #: Answers a plain HTTP request (``/healthz``, ``/metrics``, a server's pages).
 PlainResponder = Callable[[HttpRequest], HttpReply | PageReply]
 #: Removes a connection from pub/sub channels, synchronously; may raise.
-ReleaseHook = Callable[["ServerConnection", tuple[str, ...]], None]
+#: Removes a connection from its channels at ``now``: True (or None) when
+#: done, False when the caller will call :meth:`ServerConnection.channels_released`
+#: later (a broker that must be heard from first: the close frame waits).
+ReleaseHook = Callable[["ServerConnection", tuple[str, ...], float], "bool | None"]
 #: Told once when a connection's lifecycle has reached CLOSED.
 ClosedHook = Callable[["ServerConnection"], None]
 
@@ -639,7 +642,7 @@ class ServerConnection:
         hook = self._release
         if hook is not None:
             try:
-                hook(self, action.channels)
+                done = hook(self, action.channels, now)
             except Exception as error:  # any broker failure closes with 1011
                 reason = f"{type(error).__name__}: {error}"
                 if lifecycle.state is DRAINING:
@@ -647,5 +650,14 @@ class ServerConnection:
                 else:  # terminated or lost: no close frame to carry it, so say it
                     self._actions.append(Alert(AlertKind.TEARDOWN_FAILED, self.id, 0.0, reason))
                 return
+            if done is False:
+                return  # channels_released() follows
         if lifecycle.state is DRAINING:
             lifecycle.channels_released(now, buffered=self.buffered)
+
+    def channels_released(self, now: float) -> None:
+        """A release hook that returned False is done: the teardown goes on
+        (the close frame follows). No effect once the connection is CLOSED."""
+        if self.lifecycle.state is DRAINING:
+            self.lifecycle.channels_released(now, buffered=self.buffered)
+            self.pump(now)

@@ -1,4 +1,5 @@
-"""The broker, the hub and the relay protocol: pub/sub without sockets."""
+"""The hub and the relay protocol: pub/sub without sockets (the fleet
+engine's own rules are tests/core/test_fleet.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import pytest
 from tests.wire.helpers import parse_server_frames, upgrade_request
 from wslifecycle import Config, ConnectionClosed, MetricsSnapshot, State, TerminationCause
 from wslifecycle.actions import Terminate
-from wslifecycle.broker import InMemoryBroker
 from wslifecycle.hub import Hub
-from wslifecycle.relay import MAX_CHANNEL_LENGTH, handle_relay_message, publish
+from wslifecycle.relay import MAX_CHANNEL_LENGTH, handle_relay_message
 from wslifecycle.testing import seeded_entropy
 from wslifecycle.wire import HttpReply, ServerConnection
 
@@ -42,23 +42,10 @@ def texts(wire: ServerConnection) -> list[object]:
     return out
 
 
-# ------------------------------------------------------------------ broker
-
-
-def test_the_in_memory_broker_keeps_join_order_and_forgets_empty_channels() -> None:
-    """Members come back in the order they joined; an empty channel is gone."""
-    broker: InMemoryBroker[str] = InMemoryBroker()
-    for member in ("a", "b", "c"):
-        broker.subscribe(member, "news")
-    broker.subscribe("a", "news")  # again: no effect
-    assert broker.members("news") == ["a", "b", "c"]
-    broker.release("b", ["news", "never-joined"])
-    broker.unsubscribe("zz", "nowhere")
-    assert broker.members("news") == ["a", "c"]
-    broker.unsubscribe("a", "news")
-    broker.unsubscribe("c", "news")
-    assert broker.channels() == []
-    assert broker.members("news") == []
+def publish(hub: Hub, channel: str, data: object, now: float) -> list[ServerConnection]:
+    """Publish from the server side; the wires that got output."""
+    hub.publish(channel, data, now)
+    return hub.take_output(now)
 
 
 # --------------------------------------------------------------------- hub
@@ -71,17 +58,17 @@ def test_teardown_releases_channels_in_the_broker_before_the_close_frame() -> No
     hub.subscribe(wire, "news")
     assert hub.members("news") == [wire]
     wire.close(1.0)
-    assert hub.broker.members("news") == []
+    assert hub.members("news") == []
+    assert hub.fleet.channel_sizes() == {}
     assert [f.close_code for f in parse_server_frames(wire.data_to_send())] == [1000]
 
 
 def test_members_never_include_a_closing_connection() -> None:
-    """A member that is closing is filtered out even if a broker still lists it."""
+    """A member that is closing is filtered out even before its release runs."""
     hub = make_hub()
     a, b = connect(hub), connect(hub)
     for wire in (a, b):
         hub.subscribe(wire, "news")
-    hub.broker.subscribe(b, "news")
     b.lifecycle.close(1.0)  # DRAINING, release not yet pumped
     assert hub.members("news") == [a]
     hub.unsubscribe(a, "news")
@@ -135,34 +122,50 @@ def test_metrics_are_served_by_the_exporter_or_404() -> None:
 # ------------------------------------------------------------------- relay
 
 
-def test_publish_reaches_every_subscriber_with_its_own_sequence_number() -> None:
-    """A publish fans out a message with each member's next seq; the
-    publisher learns how many got it; replies are not sequenced."""
+def test_publish_reaches_every_subscriber_with_the_channel_sequence_number() -> None:
+    """A publish fans out one message with the channel's next seq (the same
+    for every member, whatever else they were sent); the publisher learns
+    the seq and how many members the channel had; replies are not
+    sequenced, messages are (the connection's count, for ``ack``)."""
     hub = make_hub()
     a, b, c = connect(hub), connect(hub), connect(hub)
     handle_relay_message(hub, a, '{"type":"subscribe","channel":"news"}', 1.0)
     handle_relay_message(hub, b, '{"type":"subscribe","channel":"news"}', 1.0)
-    b.send("before", 1.0)  # b's seq is now 1
+    epoch = texts(a)[0]["epoch"]  # type: ignore[index]
+    assert texts(b) == [{"type": "subscribed", "channel": "news", "seq": 0, "epoch": epoch}]
+    b.send("before", 1.0)  # b's connection count is now 1
     touched = handle_relay_message(
         hub, c, '{"type":"publish","channel":"news","data":{"n":1}}', 1.0
     )
-    assert touched == [a, b]
+    assert touched == [a, b, c]
     assert texts(a)[-1] == {"type": "message", "channel": "news", "seq": 1, "data": {"n": 1}}
-    assert texts(b)[-1] == {"type": "message", "channel": "news", "seq": 2, "data": {"n": 1}}
-    assert texts(c) == [{"type": "published", "channel": "news", "receivers": 2}]
+    assert texts(b)[-1] == {"type": "message", "channel": "news", "seq": 1, "data": {"n": 1}}
+    assert (a.lifecycle.seq, b.lifecycle.seq) == (1, 2)
+    assert texts(c) == [{"type": "published", "channel": "news", "seq": 1, "receivers": 2}]
     assert c.lifecycle.seq == 0
 
 
-def test_a_slow_subscriber_is_skipped_not_blocked() -> None:
+def test_a_slow_subscriber_is_skipped_not_blocked_and_told_at_once() -> None:
     """A member whose write buffer is at the guard misses the
-    (non-critical) channel message; the others get it."""
+    (non-critical) channel message, and gets a ``drift`` for it at once
+    (critical: past the guard); the others get the message."""
     hub = make_hub(write_buffer_guard=1000)
     fast, slow = connect(hub), connect(hub)
     for wire in (fast, slow):
         hub.subscribe(wire, "news")
     slow.write_buffer_size = 1000
-    assert publish(hub, "news", "x", 1.0) == [fast]
+    assert publish(hub, "news", "x", 1.0) == [fast, slow]
     assert hub.scheduler.metrics.sends_skipped == 1
+    assert texts(fast)[-1] == {"type": "message", "channel": "news", "seq": 1, "data": "x"}
+    drift = texts(slow)[-1]
+    assert drift == {
+        "type": "drift",
+        "channel": "news",
+        "since": 0,
+        "oldest": 2,
+        "epoch": drift["epoch"],
+        "reason": "slow",
+    }  # type: ignore[index]
 
 
 def test_relay_requests_and_their_answers() -> None:
@@ -182,10 +185,15 @@ def test_relay_requests_and_their_answers() -> None:
         "{not json",
         "[" * 5000,
     ):
-        assert handle_relay_message(hub, wire, request, 1.0) == []
+        assert handle_relay_message(hub, wire, request, 1.0) in ([], [wire])
     handle_relay_message(hub, wire, b"\x00binary", 1.0)
     answers = texts(wire)
-    assert answers[0] == {"type": "subscribed", "channel": "a"}
+    assert answers[0] == {
+        "type": "subscribed",
+        "channel": "a",
+        "seq": 0,
+        "epoch": answers[0]["epoch"],
+    }  # type: ignore[index]
     assert answers[1] == {"type": "members", "channel": "a", "ids": [wire.lifecycle.id]}
     assert answers[2] == {"type": "unsubscribed", "channel": "a"}
     assert [a["type"] for a in answers[3:7]] == ["error"] * 4  # type: ignore[index]
@@ -224,7 +232,7 @@ def test_a_peer_that_stops_reading_is_terminated_as_a_slow_consumer() -> None:
     wire.write_buffer_size = 4000
     assert wire.send("one too many", 1.0, critical=True) is None
     assert wire.lifecycle.cause is TerminationCause.SLOW_CONSUMER
-    assert hub.broker.members("news") == []
+    assert hub.members("news") == []
     with pytest.raises(ConnectionClosed):
         wire.send("after", 1.0)
 
@@ -335,7 +343,7 @@ def test_stop_terminates_what_is_open_and_releases_its_channels_first() -> None:
     hub.subscribe(subscriber, "news")
     assert sorted(w.id for w in hub.stop(1.0)) == sorted([subscriber.id, idle.id])
     assert hub.members("news") == []
-    assert hub.broker.members("news") == []
+    assert hub.channel_sizes() == {}
     assert hub.connections == []
     for wire in (subscriber, idle):
         assert wire.lifecycle.cause is TerminationCause.SERVER_STOPPED

@@ -124,7 +124,7 @@ def split_http(data: bytes) -> tuple[bytes, bytes]:
     return head + sep, rest
 
 
-def released(wire: ServerConnection, channels: tuple[str, ...]) -> None:
+def released(wire: ServerConnection, channels: tuple[str, ...], now: float) -> None:
     """A release hook for tests: releasing always works."""
 
 

@@ -40,7 +40,7 @@ class Pipe:
         self.server.receive_data(self.client.send(Request(host="localhost", target="/")), 0.0)
         self.flush()
 
-    def _release(self, wire: ServerConnection, channels: tuple[str, ...]) -> None:
+    def _release(self, wire: ServerConnection, channels: tuple[str, ...], now: float) -> None:
         for name in channels:
             self.channels[name].discard(wire.id)
 

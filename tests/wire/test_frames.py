@@ -258,7 +258,7 @@ def test_terminate_drops_unwritten_output() -> None:
 def test_release_failure_closes_with_1011() -> None:
     """If releasing channels raises, the close goes out with 1011."""
 
-    def broken(wire: ServerConnection, channels: tuple[str, ...]) -> None:
+    def broken(wire: ServerConnection, channels: tuple[str, ...], now: float) -> None:
         raise ConnectionError("broker down")
 
     wire = open_wire(release_channels=broken)
@@ -274,7 +274,7 @@ def test_the_release_hook_gets_the_wire_and_channels_before_the_close_frame() ->
     nothing is written yet; the close frame follows the release, never before it."""
     seen: list[tuple[ServerConnection, tuple[str, ...], int, State]] = []
 
-    def hook(wire: ServerConnection, channels: tuple[str, ...]) -> None:
+    def hook(wire: ServerConnection, channels: tuple[str, ...], now: float) -> None:
         seen.append((wire, channels, wire.buffered, wire.state))
 
     wire = open_wire(release_channels=hook)

@@ -70,7 +70,7 @@ def test_a_release_failure_while_terminating_still_terminates() -> None:
     """A broken broker during a terminate still drops the socket, and says so
     in a teardown_failed alert (no close frame can carry a 1011)."""
 
-    def broken(wire: ServerConnection, channels: tuple[str, ...]) -> None:
+    def broken(wire: ServerConnection, channels: tuple[str, ...], now: float) -> None:
         raise RuntimeError("broker down")
 
     wire = open_wire(config(), release_channels=broken)
@@ -85,7 +85,7 @@ def test_a_release_failure_while_terminating_still_terminates() -> None:
 def test_the_release_hook_sees_every_teardown_even_without_channels() -> None:
     """The hook is called for every graceful teardown; it learns the wire and the channels."""
     seen: list[tuple[ServerConnection, tuple[str, ...]]] = []
-    wire = open_wire(release_channels=lambda w, channels: seen.append((w, channels)))
+    wire = open_wire(release_channels=lambda w, channels, now: seen.append((w, channels)))
     wire.close(1.0)
     assert seen == [(wire, ())]
     assert ReleaseChannels(()) not in wire.take_actions()
@@ -125,7 +125,7 @@ def test_compressed_and_uncompressed_messages_mix() -> None:
     import zlib
 
     offer = ("Sec-WebSocket-Extensions", "permessage-deflate; client_no_context_takeover")
-    wire = new_wire(config(compression=True), release_channels=lambda w, ch: None)
+    wire = new_wire(config(compression=True), release_channels=lambda w, ch, now: None)
     wire.receive_data(upgrade_request(extra=[offer]), 0.0)
     assert b"client_no_context_takeover" in wire.data_to_send()
     wire.take_actions()
@@ -145,7 +145,7 @@ def test_compressed_and_uncompressed_messages_mix() -> None:
 def test_a_terminated_connection_releases_its_channels_through_the_hook() -> None:
     """Channels are released before a terminate too (no ack needed)."""
     seen: list[tuple[ServerConnection, tuple[str, ...]]] = []
-    wire = open_wire(release_channels=lambda w, channels: seen.append((w, channels)))
+    wire = open_wire(release_channels=lambda w, channels, now: seen.append((w, channels)))
     wire.lifecycle.subscribe("news")
     wire.terminate(1.0, TerminationCause.SLOW_CONSUMER)
     assert seen == [(wire, ("news",))]
