@@ -137,6 +137,7 @@ class Hub:
             broker or InMemoryBroker(config.history_size, config.history_ttl),
             new_epoch=entropy.connection_id,
             presence_ttl=config.presence_ttl,
+            metrics=self.scheduler.metrics,
         )
         self._fleet_started = False
         self._last_now = 0.0  # the latest time the hub was given (see subscribe)
@@ -379,6 +380,12 @@ class Hub:
         page = self._pages.get(request.path)
         if page is not None:
             return page(request)
+        fleet = self.fleet
+        if request.path == "/healthz" and fleet.degraded and not self.scheduler.draining:
+            # Still serving: a load balancer keeps this node; the body says why.
+            reason = fleet.down_reason or "not connected yet"
+            body = f"degraded: redis unavailable ({reason}); local connections go on\n"
+            return 200, "text/plain; charset=utf-8", body.encode()
         return self._health(request)
 
     def _closed(self, wire: ServerConnection) -> None:

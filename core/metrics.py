@@ -125,6 +125,14 @@ class MetricsSnapshot:
     loop_lag: Histogram
     loop_stalls: int
     http_requests: Mapping[str, int]
+    #: The fleet's broker is reachable (always, in memory).
+    broker_up: bool = True
+    #: Times the broker was lost (Redis down or unreachable).
+    broker_outages: int = 0
+    #: Publishes answered with an error (the broker could not store them).
+    publish_failures: int = 0
+    #: ``drift`` notices sent to subscribers, by reason.
+    drift_notices: Mapping[str, int] = MappingProxyType({})
 
 
 class Metrics:
@@ -136,9 +144,12 @@ class Metrics:
         "_rtt",
         "app_heartbeat_echoes",
         "app_heartbeats_sent",
+        "broker_outages",
+        "broker_up",
         "close_codes_sent",
         "closed_by_cause",
         "connections",
+        "drift_notices",
         "handshakes_accepted",
         "handshakes_rejected",
         "http_requests",
@@ -149,6 +160,7 @@ class Metrics:
         "missed_pongs",
         "pings_sent",
         "pongs_received",
+        "publish_failures",
         "sends_skipped",
         "state_drift_notices",
         "terminations",
@@ -174,6 +186,10 @@ class Metrics:
         self.loop_stalls = 0
         #: Plain HTTP requests answered, by path (a probe is not a connection).
         self.http_requests: Counter[str] = Counter()
+        self.broker_up = True
+        self.broker_outages = 0
+        self.publish_failures = 0
+        self.drift_notices: Counter[str] = Counter()
         self._rtt = _HistogramBuilder()
         self._app_rtt = _HistogramBuilder()
         self._loop_lag = _HistogramBuilder()
@@ -216,6 +232,10 @@ class Metrics:
             loop_lag=self._loop_lag.freeze(),
             loop_stalls=self.loop_stalls,
             http_requests=_frozen(self.http_requests),
+            broker_up=self.broker_up,
+            broker_outages=self.broker_outages,
+            publish_failures=self.publish_failures,
+            drift_notices=_frozen(self.drift_notices),
         )
 
 

@@ -18,6 +18,7 @@ threads), what ``now`` is and how a wire's output reaches its socket
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -40,11 +41,14 @@ from wslifecycle.actions import (
 )
 from wslifecycle.broker import Broker
 from wslifecycle.fleet.ops import Stored
+from wslifecycle.fleet.redis import RedisBroker
 from wslifecycle.handshake import Accept, Address, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
 from wslifecycle.relay import handle_relay_message
 from wslifecycle.wire import HttpReply, ServerConnection
 from wslifecycle.wire.mask import Unmask
+
+from ._fleet import FleetLink, Hop, redis_broker
 
 __all__ = [
     "TICK_BATCH",
@@ -88,16 +92,24 @@ class HubOptions(TypedDict, total=False):
     #: Where channels' sequences, history and presence live (default: this
     #: process; ``serve(redis_url=...)`` / ``Config.redis_url``: Redis).
     broker: Broker | None
+    #: The fleet's Redis (``redis://HOST:PORT/DB``): ``Config.redis_url`` by
+    #: another name (one of the two).
+    redis_url: str | None
 
 
 def driver_hub(*, defer_handshake: bool = False, **options: Unpack[HubOptions]) -> Hub:
     """The hub a driver's ``serve`` runs: the options given, OS entropy
-    unless given, the Prometheus exposition and C unmasking when installed.
-    ``defer_handshake``: the driver runs a handshake hook (``process_request``)."""
+    unless given, the Redis broker when a Redis URL is, the Prometheus
+    exposition and C unmasking when installed. ``defer_handshake``: the
+    driver runs a handshake hook (``process_request``)."""
+    config = options.get("config") or Config()
+    url = options.get("redis_url")
+    if url is not None:
+        config = dataclasses.replace(config, redis_url=url)
     return Hub(
-        options.get("config") or Config(),
+        config,
         options.get("entropy") or default_entropy(),
-        broker=options.get("broker"),
+        broker=options.get("broker") or redis_broker(config),
         metrics_exporter=prometheus_exporter(),
         unmask=fast_unmask(),
         defer_handshake=defer_handshake,
@@ -374,9 +386,11 @@ class DriverServer(Protocol):
 
 
 class ServerBase:
-    """Publish, drain and the timer callback: the same on every driver."""
+    """Publish, drain, the timer callback and the fleet's Redis link: the
+    same on every driver."""
 
     hub: Hub
+    _fleet_link: FleetLink | None = None
 
     def now(self) -> float:
         raise NotImplementedError
@@ -387,6 +401,24 @@ class ServerBase:
     def _reset(self, wire: ServerConnection) -> None:
         """Drop ``wire``'s socket now (RST), if it is still open."""
         raise NotImplementedError
+
+    def _rearm(self) -> None:
+        """The hub's next wake-up may have moved: see the timer follows."""
+        raise NotImplementedError
+
+    def _start_fleet(self, hop: Hop) -> None:
+        """With a Redis broker: connect to it (events reach the loop through ``hop``)."""
+        broker = self.hub.fleet.broker
+        url = self.hub.config.redis_url
+        if isinstance(broker, RedisBroker) and url is not None and self._fleet_link is None:
+            self._fleet_link = FleetLink(self, broker, url, hop)
+            self._fleet_link.start()
+
+    def _stop_fleet(self) -> None:
+        link = self._fleet_link
+        if link is not None:
+            self._fleet_link = None
+            link.close()
 
     def publish(self, channel: str, data: object) -> int:
         """Relay-format ``data`` to every member of ``channel`` across the

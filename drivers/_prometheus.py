@@ -129,3 +129,24 @@ class _SnapshotCollector(Collector):
         for path, count in sorted(s.http_requests.items()):
             requests.add_metric([path], count)
         yield requests
+        yield GaugeMetricFamily(
+            "wslifecycle_broker_up",
+            "1 while the fleet's broker (Redis) is reachable; 0: degraded.",
+            value=int(s.broker_up),
+        )
+        yield _counter(
+            "wslifecycle_broker_outages", "Times the broker (Redis) was lost.", s.broker_outages
+        )
+        yield _counter(
+            "wslifecycle_publish_failures",
+            "Publishes answered with an error (not stored by the broker).",
+            s.publish_failures,
+        )
+        drifts = CounterMetricFamily(
+            "wslifecycle_drift_notices",
+            "drift notices sent to subscribers, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(s.drift_notices.items()):
+            drifts.add_metric([reason], count)
+        yield drifts

@@ -28,12 +28,14 @@ wire, not asyncio's own, so the handshake timeout covers the TLS handshake);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Unpack, cast
 
+from wslifecycle.fleet.link import LinkEvent
 from wslifecycle.handshake import Accept, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
@@ -304,6 +306,16 @@ class Server(ServerBase):
         except BaseException:
             await self._close_listeners()
             raise
+        loop = self._loop
+
+        def hop(handle: Callable[[LinkEvent], None]) -> Callable[[LinkEvent], None]:
+            def deliver(event: LinkEvent) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                    loop.call_soon_threadsafe(handle, event)
+
+            return deliver
+
+        self._start_fleet(hop)
 
     async def _listen_tcp(
         self,
@@ -390,6 +402,7 @@ class Server(ServerBase):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._stop_hub()
+        self._stop_fleet()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -455,6 +468,10 @@ class Server(ServerBase):
             self._timer.cancel()
         self._timer_at = wakeup
         self._timer = self._loop.call_at(wakeup, self._on_timer)
+
+    def _rearm(self) -> None:
+        self._armed_changes = -1  # the fleet's wake-up is not in hub.changes
+        self._arm()
 
     def _on_timer(self) -> None:
         self._timer = None

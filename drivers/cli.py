@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -32,7 +33,11 @@ DRIVERS = ("asyncio", "selector", "trio")
 #: Drivers that need an optional package: driver → (module, extra).
 _OPTIONAL = {"trio": ("trio", "trio")}
 #: Where a Config field's flag is not the field's own name, dashed.
-_FLAG_OF_FIELD = {"allowed_origins": "--allow-origin", "trusted_proxies": "--trust-proxy"}
+_FLAG_OF_FIELD = {
+    "allowed_origins": "--allow-origin",
+    "trusted_proxies": "--trust-proxy",
+    "redis_url": "--redis",
+}
 
 _DEFAULTS = Config()
 
@@ -259,6 +264,35 @@ def parser() -> argparse.ArgumentParser:
     )
     add("--compression", action="store_true", help="negotiate permessage-deflate")
     add(
+        "--redis",
+        dest="redis_url",
+        metavar="URL",
+        help="join a fleet of nodes on this Redis (redis://HOST:PORT/DB, rediss://, unix://);"
+        " default: one node, channels in memory",
+    )
+    add(
+        "--history-size",
+        type=int,
+        default=_DEFAULTS.history_size,
+        metavar="N",
+        help="messages per channel kept for resume with since (default: %(default)s)",
+    )
+    add(
+        "--history-ttl",
+        type=float,
+        default=_DEFAULTS.history_ttl,
+        metavar="SECONDS",
+        help="how long a message stays in history (default: %(default)s)",
+    )
+    add(
+        "--presence-ttl",
+        type=float,
+        default=_DEFAULTS.presence_ttl,
+        metavar="SECONDS",
+        help="a node's presence lease in Redis, renewed every third of it: a dead node's"
+        " members are gone within this (default: %(default)s)",
+    )
+    add(
         "--dashboard",
         action="store_true",
         help="serve the operator's page at /dashboard (its live feed is a WebSocket there)",
@@ -296,6 +330,10 @@ def build_config(args: argparse.Namespace) -> Config:
         close_timeout=args.close_timeout,
         drain_timeout=args.drain_timeout,
         compression=args.compression,
+        history_size=args.history_size,
+        history_ttl=args.history_ttl,
+        presence_ttl=args.presence_ttl,
+        redis_url=args.redis_url,
     )
 
 
@@ -318,6 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.ssl = server_context(args.certfile, args.keyfile) if args.certfile else None
     except OSError as error:  # ssl.SSLError included
         print(f"wslifecycle: cannot use the certificate: {error}", file=sys.stderr)
+        return 2
+    if config.redis_url is not None and importlib.util.find_spec("redis") is None:
+        print(
+            "wslifecycle: --redis needs redis-py: pip install 'wslifecycle[redis]'", file=sys.stderr
+        )
         return 2
     try:
         runner = _runner(args.driver)

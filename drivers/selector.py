@@ -77,6 +77,7 @@ from functools import partial
 from typing import Any, TypeVar, Unpack
 
 from wslifecycle import ConnectionClosed, State
+from wslifecycle.fleet.link import LinkEvent
 from wslifecycle.handshake import HandshakeRequest, ProcessRequest
 from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
@@ -380,6 +381,17 @@ class Server(ServerBase):
         self._selector.register(self._wake_recv, _READ)
         self._workers.start()
         self._io_thread.start()
+        lock = self._lock
+
+        def hop(handle: Callable[[LinkEvent], None]) -> Callable[[LinkEvent], None]:
+            def deliver(event: LinkEvent) -> None:
+                with lock:  # the adapter's thread: the hub is the lock's
+                    handle(event)
+
+            return deliver
+
+        with lock:
+            self._start_fleet(hop)
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -699,6 +711,12 @@ class Server(ServerBase):
                 self._selector.modify(sock, wanted, transport)
             transport.events = wanted
 
+    def _rearm(self) -> None:
+        """Called with the lock held: the I/O thread recomputes its wake-up."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake()
+
     def _drop(self, transport: _Transport, *, reset: bool) -> None:
         """Close the socket; with ``reset`` an RST (linger 0), not a FIN."""
         sock = transport.sock
@@ -723,6 +741,7 @@ class Server(ServerBase):
             for transport in list(self._transports.values()):
                 carry_out(transport.conn.wire, transport, self)  # the terminate: an RST
                 self._drop(transport, reset=True)
+        self._stop_fleet()  # not under the lock: the adapter's threads may wait on it
         for listener in self._listeners:
             listener.close()
         self._remove_unix_path()

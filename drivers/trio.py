@@ -59,6 +59,7 @@ except ImportError as missing:  # an optional dependency: say which extra brings
     ) from missing
 
 from wslifecycle import TerminationCause
+from wslifecycle.fleet.link import LinkEvent
 from wslifecycle.handshake import Accept, Address, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
@@ -316,6 +317,9 @@ class Server(ServerBase):
         if wakeup is not None and wakeup < timer.deadline:
             timer.deadline = wakeup
 
+    def _rearm(self) -> None:
+        self._arm()
+
     async def _tick_forever(self) -> None:
         """The one timer of every connection."""
         hub = self.hub
@@ -461,21 +465,45 @@ async def serve_listeners(
     check_handler(handler, driver="trio", coroutine=True)
     driver = driver_hub(defer_handshake=process_request is not None, **hub)
     server = Server(handler, driver, listeners, metrics_listeners, process_request)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server._tick_forever)
-        for serving, plain_only in ((listeners, False), (metrics_listeners, True)):
-            if serving:
-                await nursery.start(
-                    partial(
-                        trio.serve_listeners,
-                        partial(serve_stream, server, plain_only=plain_only),
-                        list(serving),
-                        handler_nursery=nursery,
-                    )
+    token = trio.lowlevel.current_trio_token()
+
+    def hop(handle: Callable[[LinkEvent], None]) -> Callable[[LinkEvent], None]:
+        def deliver(event: LinkEvent) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the run ended: nobody listens
+                token.run_sync_soon(handle, event)
+
+        return deliver
+
+    try:
+        async with trio.open_nursery() as nursery:
+            server._start_fleet(hop)
+            await _serve_in(nursery, server, listeners, metrics_listeners, task_status)
+    finally:
+        server._stop_fleet()
+
+
+async def _serve_in(
+    nursery: trio.Nursery,
+    server: Server,
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+    metrics_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+    task_status: trio.TaskStatus[Server],
+) -> None:
+    """Run the ticker and the listeners in ``nursery`` until drained."""
+    nursery.start_soon(server._tick_forever)
+    for serving, plain_only in ((listeners, False), (metrics_listeners, True)):
+        if serving:
+            await nursery.start(
+                partial(
+                    trio.serve_listeners,
+                    partial(serve_stream, server, plain_only=plain_only),
+                    list(serving),
+                    handler_nursery=nursery,
                 )
-        task_status.started(server)
-        await server._drained.wait()
-        nursery.cancel_scope.cancel()  # stop listening, the ticker, lingering handlers
+            )
+    task_status.started(server)
+    await server._drained.wait()
+    nursery.cancel_scope.cancel()  # stop listening, the ticker, lingering handlers
 
 
 def serve(

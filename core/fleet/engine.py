@@ -34,6 +34,7 @@ import json
 from collections.abc import Callable, Iterable
 
 from ..broker import Broker
+from ..metrics import Metrics
 from ..wire.connection import ServerConnection
 from .ops import (
     Answer,
@@ -147,8 +148,12 @@ class Fleet:
         *,
         new_epoch: Callable[[], str],
         presence_ttl: float,
+        metrics: Metrics | None = None,
     ) -> None:
+        """``metrics``: where outages, failed publishes and drift notices are
+        counted (the hub's scheduler's)."""
         self.broker = broker
+        self.metrics = metrics or Metrics()
         self._new_epoch = new_epoch
         self._refresh_every = presence_ttl / 3
         self._next_refresh: float | None = None
@@ -163,12 +168,6 @@ class Fleet:
         #: When the broker went down (None while up), and why.
         self.down_since: float | None = None
         self.down_reason: str | None = None
-        #: Times the broker was lost (a metric).
-        self.outages = 0
-        #: Publishes answered with an error (a metric).
-        self.publish_failures = 0
-        #: ``drift`` notices sent, by reason (a metric).
-        self.drifts: dict[str, int] = {"slow": 0, "outage": 0, "epoch": 0, "history": 0}
         broker.bind(self)
 
     # ------------------------------------------------------------ the node
@@ -310,7 +309,7 @@ class Fleet:
         text = encode(data)
         if not self.broker.up:
             delivered = self._fan_local(now, channel, text)
-            self.publish_failures += 1
+            self.metrics.publish_failures += 1
             reason = f"not published to the fleet: {self.down_reason or 'broker down'}"
             if origin is not None:
                 self._reply(
@@ -389,6 +388,7 @@ class Fleet:
         that may have missed messages are fetched once listened to."""
         self.down_since = None
         self.down_reason = None
+        self.metrics.broker_up = True
         for state in list(self._channels.values()):
             state.listen_sent = True
             self.broker.submit(now, Listen(state.name))
@@ -398,7 +398,8 @@ class Fleet:
         """Every channel may miss messages from now on: they are fetched (or
         announced with ``drift``) when the broker is back."""
         if self.down_since is None:
-            self.outages += 1
+            self.metrics.broker_outages += 1
+            self.metrics.broker_up = False
             self.down_since = now
         self.down_reason = reason
         for state in self._channels.values():
@@ -458,7 +459,7 @@ class Fleet:
                 "receivers": answer.receivers,
             }
         else:
-            self.publish_failures += 1
+            self.metrics.publish_failures += 1
             reason = answer.reason if isinstance(answer, Failed) else "unexpected answer"
             if isinstance(answer, Failed) and answer.lost:
                 reason += " (the message may have been stored)"
@@ -626,7 +627,7 @@ class Fleet:
         self._touched[wire] = None
         if wire.send(text, now, critical=critical, sequenced=False) is None:
             return False
-        self.drifts[reason] += 1
+        self.metrics.drift_notices[reason] += 1
         return True
 
     def _presence(self, now: float, state: _Channel, event: Presence) -> None:

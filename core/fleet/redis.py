@@ -106,6 +106,9 @@ class RedisBroker:
         self._work = LinkWork(False, [], [], [])
         self._inflight: dict[int, Op] = {}
         self._channels: dict[str, str] = {}  # pub/sub channel → channel
+        #: Called when :meth:`take_work` has something new (a driver carries
+        #: it out at once: the adapter's calls return without blocking).
+        self.on_work: Callable[[], None] | None = None
         #: Why Redis is not connected (None while it is).
         self.down_reason: str | None = "not connected yet"
 
@@ -143,12 +146,14 @@ class RedisBroker:
                 else:
                     self._channels.pop(name, None)
                     self._work.unsubscribe.append(name)
+                self._wake()
             return
         if not self._up:
             self._sink_().answer(now, op.id, Failed(f"redis unavailable: {self.down_reason}"))
             return
         self._inflight[op.id] = op
         self._work.calls.append(self._call(op))
+        self._wake()
 
     # ------------------------------------------------------------- adapter
 
@@ -196,6 +201,11 @@ class RedisBroker:
         if not self._connecting and not self._up:
             self._connecting = True
             self._work.connect = True
+            self._wake()
+
+    def _wake(self) -> None:
+        if self.on_work is not None:
+            self.on_work()
 
     def _lost(self, now: float, event: Disconnected) -> None:
         was_up = self._up
