@@ -247,7 +247,7 @@ class Hub:
     def changes(self) -> int:
         """Grows whenever :meth:`next_wakeup` may have moved: a driver that
         armed its timer at the same value need not ask again."""
-        return self.scheduler.changes + self._plain.changes
+        return self.scheduler.changes + self._plain.changes + self.fleet.changes
 
     def closing(self, wire: ServerConnection, now: float) -> None:
         """The driver closed ``wire``'s socket gracefully but bytes are still

@@ -132,7 +132,9 @@ class MetricsSnapshot:
     #: Publishes answered with an error (the broker could not store them).
     publish_failures: int = 0
     #: ``drift`` notices sent to subscribers, by reason.
-    drift_notices: Mapping[str, int] = MappingProxyType({})
+    drift_notices: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 class Metrics:

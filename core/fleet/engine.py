@@ -56,13 +56,18 @@ from .ops import (
     Window,
 )
 
-__all__ = ["MAX_HELD", "Fleet", "encode"]
+__all__ = ["BEHIND_CHECK", "MAX_HELD", "Fleet", "encode"]
 
 encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 #: A subscriber's queue of live messages while its resume is answered; past
 #: it, the oldest are dropped and the hole is announced with ``drift``.
 MAX_HELD = 10_000
+
+#: While a subscriber has unannounced skips, its buffer is looked at this
+#: often (seconds) so the drift goes out when it drains, even if no
+#: further message comes.
+BEHIND_CHECK = 0.25
 
 
 class _State(enum.Enum):
@@ -161,6 +166,12 @@ class Fleet:
         self._pending: dict[int, tuple[str, object, object]] = {}
         self._next_id = 0
         self._touched: dict[ServerConnection, None] = {}
+        # Subscribers with skipped messages not yet announced → the last one skipped.
+        self._behind: dict[_Sub, Live] = {}
+        self._next_check: float | None = None
+        #: Grows whenever :meth:`next_wakeup` may have moved (the hub adds it
+        #: to its own ``changes``, which drivers watch to re-arm their timer).
+        self.changes = 0
         self._releasing: dict[ServerConnection, int] = {}  # Detach answers still awaited
         self._releasing_now: ServerConnection | None = None
         self._released: list[ServerConnection] = []
@@ -175,14 +186,15 @@ class Fleet:
     def start(self, now: float) -> None:
         """Connect the broker (Redis: the first attempt) and arm the refresh timer."""
         self._next_refresh = now + self._refresh_every
+        self.changes += 1
         self.broker.start(now)
 
     def next_wakeup(self) -> float | None:
         # Leases are renewed only while this node has subscribers.
         wakeup = self._next_refresh if self._channels else None
-        broker = self.broker.next_wakeup()
-        if broker is not None and (wakeup is None or broker < wakeup):
-            return broker
+        for other in (self.broker.next_wakeup(), self._next_check if self._behind else None):
+            if other is not None and (wakeup is None or other < wakeup):
+                wakeup = other
         return wakeup
 
     def handle_timer(self, now: float) -> None:
@@ -196,6 +208,11 @@ class Fleet:
                 for channel in self._channels.values():
                     self._refresh(now, channel)
         self.broker.handle_timer(now)
+        check = self._next_check
+        if self._behind and check is not None and check <= now:
+            self._catch_up_behind(now)
+            self._next_check = now + BEHIND_CHECK
+        self.changes += 1
 
     def take_touched(self) -> list[ServerConnection]:
         """Wires written to since the last call: flush each."""
@@ -253,6 +270,7 @@ class Fleet:
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = _Channel(channel)
+            self.changes += 1  # the lease renewal may be armed now
         state.subs.pop(wire, None)  # again: a new resume (an answer to the old one is ignored)
         sub = _Sub(wire, channel, since, epoch, presence, announce)
         state.subs[wire] = sub
@@ -578,6 +596,7 @@ class Fleet:
         seq = live.seq
         if sub.epoch != live.epoch:
             if not self._drift(now, sub, "epoch", sub.cursor, seq, epoch=live.epoch):
+                self._fell_behind(now, sub, live)
                 return
             sub.epoch = live.epoch
             sub.cursor = seq - 1
@@ -585,18 +604,54 @@ class Fleet:
             return
         elif seq > sub.cursor + 1:
             if not self._drift(now, sub, "slow" if sub.alerted else "outage", sub.cursor, seq):
+                self._fell_behind(now, sub, live)
                 return
             sub.cursor = seq - 1
         self._touched[wire] = None
         if wire.send(text, now) is None:
-            if not sub.alerted and wire.lifecycle.accepts_sends:
-                # Skipped by the write-buffer guard: said at once, bypassing it.
+            if not wire.lifecycle.accepts_sends:
+                return  # the send ended it (slow consumer): nothing more to say
+            if not sub.alerted:
+                # Skipped by the write-buffer guard: said at once, past the
+                # guard, once per run of skips.
                 sub.alerted = True
                 if self._drift(now, sub, "slow", sub.cursor, seq + 1, critical=True):
                     sub.cursor = seq
+            else:
+                self._fell_behind(now, sub, live)
             return
         sub.cursor = seq
         sub.alerted = False
+        self._behind.pop(sub, None)
+
+    def _fell_behind(self, now: float, sub: _Sub, live: Live) -> None:
+        """``live`` was skipped with nothing said: said when it fits, at the
+        next delivery or when the buffer drains (:meth:`_catch_up_behind`)."""
+        if not sub.wire.lifecycle.accepts_sends:
+            return
+        if not self._behind:
+            self._next_check = now + BEHIND_CHECK
+            self.changes += 1
+        self._behind[sub] = live
+
+    def _catch_up_behind(self, now: float) -> None:
+        """Subscribers with unannounced skips: those whose buffer has drained
+        below the guard are told now."""
+        for sub, skipped in list(self._behind.items()):
+            state = self._channels.get(sub.channel)
+            if not sub.wire.lifecycle.accepts_sends or state is None or state.subs.get(
+                sub.wire
+            ) is not sub:
+                del self._behind[sub]
+            elif skipped.epoch == sub.epoch and skipped.seq <= sub.cursor:
+                del self._behind[sub]  # told since, by a later delivery
+            else:
+                reason = "slow" if skipped.epoch == sub.epoch else "epoch"
+                oldest = skipped.seq + 1
+                if self._drift(now, sub, reason, sub.cursor, oldest, epoch=skipped.epoch):
+                    sub.epoch, sub.cursor = skipped.epoch, skipped.seq
+                    sub.alerted = False
+                    del self._behind[sub]
 
     def _drift(
         self,
@@ -679,8 +734,11 @@ class Fleet:
         self._reply(now, wire, reply)
 
     def _reply(self, now: float, wire: ServerConnection, message: dict[str, object]) -> None:
+        # Critical: an answer to the client's own request is never skipped (a
+        # lost ``subscribed`` would leave it without a position); a client
+        # that asks without reading is bounded by max_write_buffer.
         if wire.lifecycle.accepts_sends:
-            wire.send(encode(message), now, sequenced=False)
+            wire.send(encode(message), now, critical=True, sequenced=False)
             self._touched[wire] = None
 
 
