@@ -62,6 +62,8 @@ BACKOFF_CAP = 5.0
 #: How long a quiet channel's sequence (its epoch and last seq) outlives its
 #: last publish; after that a new sequence starts, with a new epoch.
 META_TTL = 30 * 24 * 3600.0
+#: Past this many doublings BACKOFF_BASE is beyond any sane BACKOFF_CAP.
+_MAX_EXPONENT = 64
 
 
 @dataclasses.dataclass(slots=True)
@@ -140,12 +142,19 @@ class RedisBroker:
         if isinstance(op, Listen | Unlisten):
             if self._up:
                 name = scripts.events_channel(op.channel)
+                work = self._work
                 if isinstance(op, Listen):
                     self._channels[name] = op.channel
-                    self._work.subscribe.append(name)
+                    add, drop = work.subscribe, work.unsubscribe
                 else:
                     self._channels.pop(name, None)
-                    self._work.unsubscribe.append(name)
+                    add, drop = work.unsubscribe, work.subscribe
+                # The adapter may (un)subscribe a batch in either order: the
+                # last op on a channel wins, and a channel is never in both lists.
+                if name in drop:
+                    drop.remove(name)
+                if name not in add:
+                    add.append(name)
                 self._wake()
             return
         if not self._up:
@@ -218,7 +227,9 @@ class RedisBroker:
         sink = self._sink_()
         for op_id in inflight:  # the adapter fails them first; this is a safety net
             sink.answer(now, op_id, Failed(event.reason, lost=True))
-        bound = min(BACKOFF_CAP, BACKOFF_BASE * 2**self._attempt)
+        # The exponent is bounded: past the cap it no longer matters, and an
+        # outage of ~1000 attempts would overflow a float otherwise.
+        bound = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(self._attempt, _MAX_EXPONENT))
         self._attempt += 1
         self._retry_at = now + bound * self._random()
         if was_up or self._attempt == 1:
