@@ -28,7 +28,6 @@ wire, not asyncio's own, so the handshake timeout covers the TLS handshake);
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import ssl as _ssl
@@ -309,11 +308,9 @@ class Server(ServerBase):
         loop = self._loop
 
         def hop(handle: Callable[[LinkEvent], None]) -> Callable[[LinkEvent], None]:
-            def deliver(event: LinkEvent) -> None:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
-                    loop.call_soon_threadsafe(handle, event)
+            from ._redis import asyncio_deliver
 
-            return deliver
+            return asyncio_deliver(loop, handle)
 
         self._start_fleet(hop)
 

@@ -384,11 +384,9 @@ class Server(ServerBase):
         lock = self._lock
 
         def hop(handle: Callable[[LinkEvent], None]) -> Callable[[LinkEvent], None]:
-            def deliver(event: LinkEvent) -> None:
-                with lock:  # the adapter's thread: the hub is the lock's
-                    handle(event)
+            from ._redis import locked_deliver  # the adapter's thread, holding the hub's lock
 
-            return deliver
+            return locked_deliver(lock, handle, _nothing)
 
         with lock:
             self._start_fleet(hop)

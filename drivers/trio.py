@@ -468,11 +468,9 @@ async def serve_listeners(
     token = trio.lowlevel.current_trio_token()
 
     def hop(handle: Callable[[LinkEvent], None]) -> Callable[[LinkEvent], None]:
-        def deliver(event: LinkEvent) -> None:
-            with contextlib.suppress(trio.RunFinishedError):  # the run ended: nobody listens
-                token.run_sync_soon(handle, event)
+        from ._redis import trio_deliver
 
-        return deliver
+        return trio_deliver(token, handle)
 
     try:
         async with trio.open_nursery() as nursery:

@@ -609,7 +609,7 @@ class Fleet:
             sub.cursor = seq - 1
         self._touched[wire] = None
         if wire.send(text, now) is None:
-            if not wire.lifecycle.accepts_sends:
+            if wire.lifecycle.cause is not None:
                 return  # the send ended it (slow consumer): nothing more to say
             if not sub.alerted:
                 # Skipped by the write-buffer guard: said at once, past the
@@ -639,9 +639,11 @@ class Fleet:
         below the guard are told now."""
         for sub, skipped in list(self._behind.items()):
             state = self._channels.get(sub.channel)
-            if not sub.wire.lifecycle.accepts_sends or state is None or state.subs.get(
-                sub.wire
-            ) is not sub:
+            if (
+                not sub.wire.lifecycle.accepts_sends
+                or state is None
+                or state.subs.get(sub.wire) is not sub
+            ):
                 del self._behind[sub]
             elif skipped.epoch == sub.epoch and skipped.seq <= sub.cursor:
                 del self._behind[sub]  # told since, by a later delivery

@@ -156,7 +156,8 @@ class SimBroker:
         """The connection breaks: everything in flight fails, subscriptions go."""
         assert self.sink is not None
         self.up = False
-        failed = [op.id for op in self.commands] + [op_id for op_id, _ in self.replies]
+        failed = [op.id for op in self.commands if not isinstance(op, Listen | Unlisten)]
+        failed += [op_id for op_id, _ in self.replies]
         self.commands.clear()
         self.replies.clear()
         self.listens.clear()
@@ -206,10 +207,13 @@ class Fleet(RuleBasedStateMachine):
         self.now = 1.0
         self.redis = SimRedis()
         self.brokers = [SimBroker(i) for i in range(NODES)]
-        config = Config(allow_no_origin=True, heartbeat_interval=1000.0,
-                        write_buffer_guard=100, history_size=HISTORY)
-        self.hubs = [Hub(config, seeded_entropy(i), broker=self.brokers[i])  # type: ignore[arg-type]
-                     for i in range(NODES)]
+        config = Config(
+            allow_no_origin=True,
+            heartbeat_interval=1000.0,
+            write_buffer_guard=100,
+            history_size=HISTORY,
+        )
+        self.hubs = [Hub(config, seeded_entropy(i), broker=self.brokers[i]) for i in range(NODES)]
         self.clients: list[tuple[int, Client]] = []
         for node, hub in enumerate(self.hubs):
             for _ in range(2):
@@ -264,7 +268,8 @@ class Fleet(RuleBasedStateMachine):
         if broker.commands:
             op = broker.commands.popleft()
             answer = self.redis.run(node, op, self.brokers)
-            assert answer is not None and hasattr(op, "id")
+            assert answer is not None
+            assert hasattr(op, "id")
             broker.replies.append((op.id, answer))
 
     @rule(node=st.integers(0, NODES - 1))
@@ -296,7 +301,7 @@ class Fleet(RuleBasedStateMachine):
 
     @rule(client=st.integers(0, 2 * NODES - 1), slow=st.booleans())
     def client_falls_behind_or_catches_up(self, client: int, slow: bool) -> None:
-        node, who = self.clients[client]
+        _node, who = self.clients[client]
         who.slow = slow
         who.wire.write_buffer_size = 1000 if slow else 0
 
@@ -341,7 +346,12 @@ class Fleet(RuleBasedStateMachine):
         since = who.last
         who.asked_since = since
         who.asked_epoch = "stale" if stale else who.epoch
-        message = {"type": "subscribe", "channel": CHANNEL, "since": since, "epoch": who.asked_epoch}
+        message = {
+            "type": "subscribe",
+            "channel": CHANNEL,
+            "since": since,
+            "epoch": who.asked_epoch,
+        }
         self._relay(node, who, message)
 
     @invariant()
@@ -380,7 +390,11 @@ class Fleet(RuleBasedStateMachine):
             assert client.last is not None, "a subscriber never got its subscribed"
             if self.redis.epoch is not None:
                 assert (client.epoch, client.last) == (self.redis.epoch, self.redis.top), (
-                    client.epoch, client.last, self.redis.epoch, self.redis.top)
+                    client.epoch,
+                    client.last,
+                    self.redis.epoch,
+                    self.redis.top,
+                )
 
 
 Fleet.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)

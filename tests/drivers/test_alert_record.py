@@ -3,11 +3,11 @@ driver's time, for the operator's page (drivers/_common.py: carry_out)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from tests.wire.helpers import upgrade_request
 from wslifecycle import AlertKind, Config, TerminationCause
 from wslifecycle.drivers._common import carry_out
+from wslifecycle.fleet.memory import InMemoryBroker
+from wslifecycle.fleet.ops import Detach, Op
 from wslifecycle.handshake import HandshakeRequest
 from wslifecycle.hub import Hub
 from wslifecycle.testing import FakeClock, seeded_entropy
@@ -55,20 +55,24 @@ class Server:
     def flush(self, wire: ServerConnection) -> None:
         carry_out(wire, Ops(), self)
 
+    def flush_fleet(self, now: float) -> None:
+        for wire in self.hub.take_output(now):
+            self.flush(wire)
+
     def publish(self, channel: str, data: object) -> int:
         return 0
 
 
-class FailingBroker:
-    """Membership that cannot be released (a remote broker that is down)."""
+class FailingBroker(InMemoryBroker):
+    """A broker whose presence cannot be left (one that breaks mid-teardown)."""
 
-    def subscribe(self, member: ServerConnection, channel: str) -> None: ...
-    def unsubscribe(self, member: ServerConnection, channel: str) -> None: ...
-    def members(self, channel: str) -> list[ServerConnection]:
-        return []
+    def __init__(self) -> None:
+        super().__init__(history_size=10, history_ttl=60.0)
 
-    def release(self, member: ServerConnection, channels: Iterable[str]) -> None:
-        raise RuntimeError("broker down")
+    def submit(self, now: float, op: Op) -> None:
+        if isinstance(op, Detach):
+            raise RuntimeError("broker down")
+        super().submit(now, op)
 
 
 def active(hub: Hub, server: Server) -> ServerConnection:

@@ -180,18 +180,6 @@ def test_channels_largest_first_with_their_sizes() -> None:
     }
 
 
-def test_a_broker_that_cannot_list_channels_is_said_so() -> None:
-    class Remote:
-        def subscribe(self, member: ServerConnection, channel: str) -> None: ...
-        def unsubscribe(self, member: ServerConnection, channel: str) -> None: ...
-        def release(self, member: ServerConnection, channels: object) -> None: ...
-        def members(self, channel: str) -> list[ServerConnection]:
-            return []
-
-    hub = Hub(Config(), seeded_entropy(1), broker=Remote())
-    assert Dashboard().snapshot(hub, 0.0)["channels"] == {"listed": False}
-
-
 # ---------------------------------------------------------------- the feed
 
 

@@ -373,7 +373,7 @@ def test_cancelling_the_server_nursery_closes_every_connection() -> None:
                 scope.cancel()
         assert len(server.hub.scheduler) == 0
         assert server.connections == []
-        assert server.hub.broker.members("room") == []
+        assert server.hub.channel_sizes() == {}
         assert [stream.closed_at for stream in listener.accepted] == [cancelled_at] * 3
         snapshot = server.hub.scheduler.metrics.snapshot()
         assert snapshot.connections[State.CLOSED] == 3
