@@ -615,8 +615,8 @@ class Fleet:
                 # Skipped by the write-buffer guard: said at once, past the
                 # guard, once per run of skips.
                 sub.alerted = True
-                if self._drift(now, sub, "slow", sub.cursor, seq + 1, critical=True):
-                    sub.cursor = seq
+                self._drift(now, sub, "slow", sub.cursor, seq + 1, critical=True)
+                sub.cursor = seq  # critical, below max_write_buffer: it went out
             else:
                 self._fell_behind(now, sub, live)
             return
