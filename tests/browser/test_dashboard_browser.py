@@ -209,5 +209,7 @@ def test_the_page_follows_clients_as_they_come_and_go(
         clients.close()  # the three leave
         browser.wait("text('#active') === '1' && members('room') === null", 5)
         assert browser.value("text('#channel-count')") == "0"
-    assert not browser.console, browser.console
+        # Checked while the server runs: once it stops, the page's feed
+        # retrying a closed port is its own business, not a fault.
+        assert not browser.console, browser.console
     assert time.monotonic() - started < 30
