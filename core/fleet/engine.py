@@ -542,6 +542,13 @@ class Fleet:
                 self._fan(now, state, live)
             return
         if answer.epoch != state.epoch:
+            if not answer.entries and answer.oldest <= answer.top:
+                # The sequence restarted and was asked from the old numbering:
+                # ask again from its start, so what history holds is replayed.
+                state.epoch, state.last = answer.epoch, 0
+                state.held = held
+                self._fetch(now, state)
+                return
             state.epoch, state.last = answer.epoch, 0
         for seq, data in answer.entries:
             if seq > state.last:

@@ -636,3 +636,27 @@ def test_nothing_is_sent_to_a_connection_on_its_way_down(closing: bool) -> None:
     assert broker.sink is not None
     broker.sink.event(1.0, Live("c", "e", 2, "2"))
     assert broker.take(Fetch) == [] or not closing
+
+
+def test_a_restarted_sequence_is_fetched_again_from_its_start() -> None:
+    """The recovery fetch asked after seq 40 of the old epoch; the new
+    sequence is shorter, so nothing came back: the node asks again from
+    the start, and replays what history holds after the epoch drift."""
+    broker = ScriptedBroker()
+    hub = make_hub(broker)
+    wire = connect(hub)
+    live_relay(hub, broker, wire, "c", Window("old", 40, 1, ()))
+    texts(wire)
+    broker.go_down()
+    broker.come_up()
+    assert broker.sink is not None
+    broker.sink.listening(2.0, "c")
+    (fetch,) = broker.take(Fetch)
+    assert fetch.after == 40
+    broker.sink.event(2.0, Live("c", "new", 3, "3"))  # waits for the fetches
+    broker.answer(fetch, Window("new", 2, 1, ()))
+    (again,) = broker.take(Fetch)
+    assert again.after == 0
+    broker.answer(again, Window("new", 2, 1, ((1, "1"), (2, "2"))))
+    hub.take_output(2.0)
+    assert seqs(texts(wire)) == [("drift", 40, 1, "epoch"), 1, 2, 3]
