@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 
 from ..broker import Broker
 from ..metrics import Metrics
+from ..transitions import State
 from ..wire.connection import ServerConnection
 from .ops import (
     Answer,
@@ -74,6 +75,10 @@ class _State(enum.Enum):
     WAITING = "waiting"  # the node does not listen to the channel yet (or Redis is down)
     ATTACHING = "attaching"  # Attach sent, its Window not yet back
     LIVE = "live"
+
+
+_LIVE = _State.LIVE
+_ACTIVE = State.ACTIVE
 
 
 class _Sub:
@@ -586,8 +591,24 @@ class Fleet:
 
     def _fan(self, now: float, state: _Channel, live: Live) -> None:
         text = f'{state.prefix}{live.seq},"data":{live.data}}}'
+        seq, epoch, touched = live.seq, live.epoch, self._touched
         for sub in list(state.subs.values()):
-            if sub.state is _State.LIVE:
+            if sub.state is _LIVE:
+                wire = sub.wire
+                # The common case, inline (fan-out to thousands): the next
+                # message, sent; anything else goes through the whole rule.
+                if (
+                    sub.cursor == seq - 1
+                    and sub.epoch == epoch
+                    and not sub.alerted
+                    and (wire.lifecycle.state is _ACTIVE)
+                ):
+                    touched[wire] = None
+                    if wire.send(text, now) is not None:
+                        sub.cursor = seq
+                    else:
+                        self._skipped(now, sub, live)
+                    continue
                 self._deliver(now, sub, live, text)
             elif sub.state is _State.ATTACHING:
                 held = sub.held
@@ -616,30 +637,38 @@ class Fleet:
             sub.cursor = seq - 1
         self._touched[wire] = None
         if wire.send(text, now) is None:
-            if wire.lifecycle.cause is not None:
-                return  # the send ended it (slow consumer): nothing more to say
-            if not sub.alerted:
-                # Skipped by the write-buffer guard: said at once, past the
-                # guard, once per run of skips.
-                sub.alerted = True
-                self._drift(now, sub, "slow", sub.cursor, seq + 1, critical=True)
-                sub.cursor = seq  # critical, below max_write_buffer: it went out
-            else:
-                self._fell_behind(now, sub, live)
+            self._skipped(now, sub, live)
             return
         sub.cursor = seq
         sub.alerted = False
         self._behind.pop(sub, None)
+
+    def _skipped(self, now: float, sub: _Sub, live: Live) -> None:
+        """``live`` did not go out to ``sub`` (the write-buffer guard)."""
+        if sub.wire.lifecycle.cause is not None:
+            return  # the send ended it (slow consumer): nothing more to say
+        if not sub.alerted:
+            # Said at once, past the guard, once per run of skips.
+            sub.alerted = True
+            self._drift(now, sub, "slow", sub.cursor, live.seq + 1, critical=True)
+            sub.cursor = live.seq  # critical, below max_write_buffer: it went out
+        else:
+            self._fell_behind(now, sub, live)
 
     def _fell_behind(self, now: float, sub: _Sub, live: Live) -> None:
         """``live`` was skipped with nothing said: said when it fits, at the
         next delivery or when the buffer drains (:meth:`_catch_up_behind`)."""
         if not sub.wire.lifecycle.accepts_sends:
             return
-        if not self._behind:
+        behind = self._behind
+        if not behind:
             self._next_check = now + BEHIND_CHECK
             self.changes += 1
-        self._behind[sub] = live
+        known = behind.get(sub)
+        # The furthest skip is what must be said (a replay's queued live
+        # copies may be skipped after later seqs were).
+        if known is None or known.epoch != live.epoch or known.seq < live.seq:
+            behind[sub] = live
 
     def _catch_up_behind(self, now: float) -> None:
         """Subscribers with unannounced skips: those whose buffer has drained
@@ -652,15 +681,12 @@ class Fleet:
                 or state.subs.get(sub.wire) is not sub
             ):
                 del self._behind[sub]
-            elif skipped.epoch == sub.epoch and skipped.seq <= sub.cursor:
-                del self._behind[sub]  # told since, by a later delivery
             else:
                 reason = "slow" if skipped.epoch == sub.epoch else "epoch"
                 oldest = skipped.seq + 1
                 if self._drift(now, sub, reason, sub.cursor, oldest, epoch=skipped.epoch):
                     sub.epoch, sub.cursor = skipped.epoch, skipped.seq
                     sub.alerted = False
-                    del self._behind[sub]
 
     def _drift(
         self,
@@ -692,6 +718,9 @@ class Fleet:
         if wire.send(text, now, critical=critical, sequenced=False) is None:
             return False
         self.metrics.drift_notices[reason] += 1
+        # A drift says where the stream goes on from now: skips before it
+        # that were waiting to be said are covered.
+        self._behind.pop(sub, None)
         return True
 
     def _presence(self, now: float, state: _Channel, event: Presence) -> None:

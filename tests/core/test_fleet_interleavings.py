@@ -397,5 +397,5 @@ class Fleet(RuleBasedStateMachine):
                 )
 
 
-Fleet.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+Fleet.TestCase.settings = settings(max_examples=500, stateful_step_count=50, deadline=None)
 TestFleetInterleavings = Fleet.TestCase
