@@ -14,15 +14,17 @@ The shape (docs/fleet.md quotes a run):
 * **one node**: the same subscribers and publishers on a single node with
   the in-memory broker (no ``--redis``).
 
-Each shape runs two phases, every publish carrying its send time
+Each shape runs three phases, every publish carrying its send time
 (``CLOCK_MONOTONIC``, shared by every process here) so each delivery's
 latency is measured where it arrives:
 
-1. **latency**: publishes at a steady rate that gives ``--rate`` deliveries
-   a second (default 25,000, half the goal): delivery p50 / p99;
-2. **throughput**: publishes at twice the goal; the deliveries per second
-   that actually arrive while it lasts are what node B sustains (its
-   backlog drains afterwards; the latencies of that phase are queueing).
+1. **throughput**: publishes at twice the goal; the deliveries per second
+   that arrive while it lasts are what the fan-out node sustains (its
+   backlog drains afterwards; the latencies of this phase are queueing);
+2. **half of it**: a steady rate of half the deliveries per second measured
+   in phase 1: delivery p50 / p99 with the node half busy;
+3. **half the goal**: a steady ``--rate`` deliveries a second (default
+   25,000, half the goal): delivery p50 / p99.
 
 Clients are the C load generator (``tests/bench/wsgen.c``: epoll, raw
 sockets, pings answered in C), subscribers split over processes of at most
@@ -33,7 +35,9 @@ core 1. Every node's ``/metrics`` is read before and after: false
 terminations (``wslifecycle_terminations``), skipped sends, drift notices
 and failed publishes over the run are in the table. The heartbeat runs
 every ``--heartbeat-interval`` seconds (default 5) so that it is probing
-throughout.
+throughout. The machine's busy time (``/proc/stat``) beyond the
+benchmark's own processes is printed too ("everything else"): figures
+taken while other programs ran are not this code's.
 
 Prints a Markdown table; ``--out FILE`` also writes it there.
 """
@@ -53,7 +57,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tests.bench._gen import Generator, GeneratorError, build_generator
 from tests.bench._procs import GENERATOR_CPUS, SERVER_CPUS, Child, cpu_seconds, kill_all
@@ -72,7 +76,7 @@ class Plan:
     subscribers: int
     channels: int
     publishers: int
-    rate: int  # deliveries a second in the latency phase
+    rate: int  # deliveries a second in the "half the goal" phase
     saturate: int  # deliveries a second offered in the throughput phase
     warmup: float  # seconds of each phase whose latencies are not kept
     window: float  # seconds measured in each phase
@@ -166,6 +170,15 @@ class Node:
             if line.startswith("LAG "):
                 self._lag.append((when, [int(v) for v in line[4:].split(",") if v]))
         return [v for when, values in self._lag if start + 0.5 < when <= end + 1.5 for v in values]
+
+
+def machine_busy() -> float:
+    """CPU seconds every core of the machine spent busy so far (/proc/stat):
+    what the benchmark's processes did not spend of it, others did."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
 def total(samples: dict[str, float], prefix: str) -> float:
@@ -277,11 +290,20 @@ class Phase:
     expected: int
     fanout_cpu: float  # share of one core, the fan-out node over the window
     lag: list[int]
+    others: float  # share of one core that other programs took over the window
 
 
-def run_phase(setup: str, name: str, deliveries: int, clients: Clients, fanout: Node) -> Phase:
+def run_phase(
+    setup: str,
+    name: str,
+    deliveries: int,
+    clients: Clients,
+    fanout: Node,
+    ours: Callable[[], float],
+) -> Phase:
     """Publish at ``deliveries`` a second for warm-up + window; the latencies
-    after the warm-up, and the arrival rate over the window."""
+    after the warm-up, and the arrival rate over the window. ``ours``: CPU
+    seconds of every process of the benchmark so far."""
     plan = clients.plan
     per_channel = clients.per_channel()
     subscribers_per_publish = sum(per_channel) / plan.channels
@@ -294,8 +316,10 @@ def run_phase(setup: str, name: str, deliveries: int, clients: Clients, fanout: 
     time.sleep(plan.warmup)
     clients.latencies()
     c0, d0, t0 = fanout.cpu(), clients.delivered(), time.monotonic()
+    b0, o0 = machine_busy(), ours()
     time.sleep(max(0.0, started + seconds - time.monotonic()))
     c1, d1, t1 = fanout.cpu(), clients.delivered(), time.monotonic()
+    others = (machine_busy() - b0 - (ours() - o0)) / (t1 - t0)
     sent = clients.publisher.wait("pubrate", seconds + 30)["sent"]
     expected = sum(per_channel[n % plan.channels] for n in range(sent))
     # The backlog drains: wait until everything arrived or nothing more does.
@@ -320,6 +344,7 @@ def run_phase(setup: str, name: str, deliveries: int, clients: Clients, fanout: 
         expected,
         (c1 - c0) / (t1 - t0),
         fanout.lag(t0, t1),
+        max(0.0, others),
     )
 
 
@@ -363,24 +388,42 @@ def run_shape(
         before = {name: node.metrics() for name, node in nodes.items()}
         cpu0 = {name: node.cpu() for name, node in nodes.items()}
         cpu0["generators"] = clients.cpu()
+        cpu0["this benchmark"] = cpu_seconds(os.getpid())
         redis_cpu0 = cpu_seconds(redis.process.pid) if redis and redis.process else 0.0
-        started = time.monotonic()
-        phases = []
-        for name, rate in (("latency", plan.rate), ("throughput", plan.saturate)):
-            log(f"{setup}: {name} phase, {rate:,} deliveries/s offered")
-            phase = run_phase(setup, name, rate, clients, fanout)
+        busy0, started = machine_busy(), time.monotonic()
+
+        def ours() -> float:
+            total = clients.cpu() + cpu_seconds(os.getpid())
+            total += sum(node.cpu() for node in nodes.values())
+            if redis is not None and redis.process is not None:
+                total += cpu_seconds(redis.process.pid)
+            return total
+
+        phases: list[Phase] = []
+        for name in ("throughput", "half of it", "half the goal"):
+            rate = {
+                "throughput": plan.saturate,
+                "half of it": round(phases[0].achieved / 2) if phases else 0,
+                "half the goal": plan.rate,
+            }[name]
+            log(f"{setup}: {name}, {rate:,} deliveries/s offered")
+            phase = run_phase(setup, name, rate, clients, fanout, ours)
             log(
                 f"  {phase.achieved:,.0f} deliveries/s, p50 {milli(quantile(phase.latencies, 0.5))}"
                 f", p99 {milli(quantile(phase.latencies, 0.99))}, "
                 f"{phase.delivered:,}/{phase.expected:,} delivered"
             )
             phases.append(phase)
-        elapsed = time.monotonic() - started
+        elapsed, busy = time.monotonic() - started, machine_busy() - busy0
         after = {name: node.metrics() for name, node in nodes.items()}
         cpu = {name: (node.cpu() - cpu0[name]) / elapsed for name, node in nodes.items()}
         cpu["generators"] = (clients.cpu() - cpu0["generators"]) / elapsed
+        cpu["this benchmark"] = (cpu_seconds(os.getpid()) - cpu0["this benchmark"]) / elapsed
         if redis and redis.process:
             cpu["redis-server"] = (cpu_seconds(redis.process.pid) - redis_cpu0) / elapsed
+        # Anything else on the machine (other programs, the kernel's own threads)
+        # competed for the same cores: said beside the figures.
+        cpu["everything else"] = max(0.0, busy / elapsed - sum(cpu.values()))
         counters = {name: counter_deltas(before[name], after[name]) for name in nodes}
     return Shape(setup, phases, counters, cpu)
 
@@ -400,8 +443,8 @@ def render(shapes: list[Shape], plan: Plan, driver: str, seconds: float) -> str:
         f"{plan.window:g} s measured.",
         "",
         "| setup | phase | offered deliveries/s | arrived deliveries/s | delivery p50 "
-        "| delivery p99 | delivered | fan-out node CPU | fan-out node lag p99 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| delivery p99 | delivered | fan-out node CPU | fan-out node lag p99 | other load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for shape in shapes:
         for p in shape.phases:
@@ -409,9 +452,19 @@ def render(shapes: list[Shape], plan: Plan, driver: str, seconds: float) -> str:
             lines.append(
                 f"| {p.setup} | {p.name} | {p.offered:,.0f} | {p.achieved:,.0f} "
                 f"| {milli(quantile(p.latencies, 0.5))} | {milli(quantile(p.latencies, 0.99))} "
-                f"| {p.delivered:,}/{p.expected:,} | {100 * p.fanout_cpu:.0f} % | {milli(lag)} |"
+                f"| {p.delivered:,}/{p.expected:,} | {100 * p.fanout_cpu:.0f} % | {milli(lag)} "
+                f"| {100 * p.others:.0f} % |"
             )
-    lines.append("")
+    lines += [
+        "",
+        "Arrived: deliveries per second counted at the subscribers over the measured "
+        "window. Latency: publish stamp to arrival, every delivery after the warm-up, "
+        "the backlog included. CPU: % of one core. Other load: the machine's busy time "
+        "(/proc/stat) over the window beyond this benchmark's processes (other programs, "
+        "and kernel work charged to no process); rows with much of it were measured on "
+        "a shared machine.",
+        "",
+    ]
     for shape in shapes:
         counters = "; ".join(
             f"{node}: " + ", ".join(f"{value:,} {key}" for key, value in deltas.items())
@@ -422,7 +475,7 @@ def render(shapes: list[Shape], plan: Plan, driver: str, seconds: float) -> str:
     fleet = next((s for s in shapes if s.setup == "fleet"), None)
     if fleet is not None and plan.name == "full":
         throughput = next(p for p in fleet.phases if p.name == "throughput")
-        latency = next(p for p in fleet.phases if p.name == "latency")
+        latency = next(p for p in fleet.phases if p.name == "half the goal")
         p99 = quantile(latency.latencies, 0.99)
         terminated = sum(d["terminations"] for d in fleet.counters.values())
         lines += [
@@ -450,7 +503,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--driver", choices=("asyncio", "selector", "trio"), default="asyncio", help="of both nodes"
     )
     options.add_argument("--subscribers", type=int, help="on the fan-out node (default 10,000)")
-    options.add_argument("--rate", type=int, help="deliveries/s of the latency phase")
+    options.add_argument(
+        "--rate", type=int, help='deliveries/s of the "half the goal" phase (default 25,000)'
+    )
     options.add_argument("--heartbeat-interval", type=float, help="of the nodes (default 5)")
     options.add_argument(
         "--only", choices=("fleet", "single"), help="run one setup (default: both)"
