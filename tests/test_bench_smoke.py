@@ -1,7 +1,8 @@
-"""Smoke test of the side-by-side benchmark: ``--quick`` on the
+"""Smoke tests of the benchmarks: the side-by-side one's ``--quick`` on the
 asyncio driver alone (no competitors) produces the table with a row for
-every scenario. The numbers are not checked: this proves the command runs,
-stops by itself and cleans up, not how fast anything is."""
+every scenario; the fleet one's ``--quick`` produces its table. The numbers
+are not checked: this proves the commands run, stop by themselves and clean
+up, not how fast anything is."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.fleet.redis_server import find_redis_server
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -39,3 +42,30 @@ def test_quick_benchmark_of_the_asyncio_driver(tmp_path: pathlib.Path) -> None:
     assert any(row.startswith("| overload") for row in rows)
     assert "FAILED" not in table
     assert "Versions: Python" in table
+
+
+@pytest.mark.slow
+def test_quick_fleet_benchmark(tmp_path: pathlib.Path) -> None:
+    """``tests.bench.fleet --quick``: two nodes on a redis-server and one node
+    in memory, each through its three phases, into a table. No number is checked."""
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("the benchmark's load generator needs a C compiler")
+    if find_redis_server() is None:
+        pytest.skip("redis-server is not installed (bash .ci/setup installs it)")
+    out = tmp_path / "fleet.md"
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.bench.fleet", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = out.read_text()
+    assert table in run.stdout
+    assert "| setup | phase | offered deliveries/s |" in table
+    for setup in ("fleet", "one node"):
+        for phase in ("throughput", "half of it", "half the goal"):
+            assert any(line.startswith(f"| {setup} | {phase} | ") for line in table.splitlines())
+    assert "terminations" in table

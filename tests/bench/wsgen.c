@@ -19,6 +19,11 @@
  *     echo_stop               stop starting new round trips
  *     subscribe CH FROM       connections idx >= FROM send {"type":"subscribe",...}
  *     publish CH              connection 0 publishes {"t": <CLOCK_MONOTONIC ns>}
+ *     spread PREFIX K         every open connection subscribes to PREFIX<idx % K>
+ *     pubrate PREFIX K RATE SECS
+ *                             publish RATE messages a second for SECS seconds, the open
+ *                             connections taking turns, channel PREFIX<n % K> for the
+ *                             n-th, each {"t": <CLOCK_MONOTONIC ns>}; "pubrate" when done
  *     lat                     delivery latencies of received "t" stamps (microseconds)
  *     cycles TOTAL CONC SECS  connect, handshake, close(1000), wait for the server's
  *                             close and FIN; TOTAL times, CONC at once, SECS at most
@@ -81,6 +86,12 @@ static uint32_t src_base, nsrc, src_next;
 /* counters */
 static uint64_t n_open, n_failed, n_pings, n_msgs, n_server_closed, n_subscribed;
 static uint64_t n_echo, n_bytes_in;
+static uint64_t n_published, n_errors, n_drift; /* relay replies: published, error, drift */
+/* pubrate */
+static char pub_prefix[64];
+static uint64_t pub_k, pub_rate, pub_sent, pub_start_ns, pub_end_ns;
+static uint32_t pub_next_conn;
+static int pub_active;
 /* connect batch */
 static uint64_t connect_remaining, connect_inflight, connect_conc, connect_ok, connect_failed;
 static uint64_t connect_started_ns, connect_deadline_ns, connect_skipped;
@@ -409,7 +420,14 @@ static void on_message(uint32_t idx, int opcode, const uint8_t *p, uint64_t len)
         push_i64(&lat_us, &n_lat, &lat_cap, ((int64_t)now_ns() - stamp) / 1000);
         return;
     }
-    if (memmem(p, len, "\"subscribed\"", 12)) n_subscribed++;
+    if (memmem(p, len, "\"subscribed\"", 12))
+        n_subscribed++;
+    else if (memmem(p, len, "\"published\"", 11))
+        n_published++;
+    else if (memmem(p, len, "\"drift\"", 7))
+        n_drift++;
+    else if (memmem(p, len, "\"error\"", 7))
+        n_errors++;
 }
 
 /* Parse complete frames from c->in; returns 0 if the connection was closed. */
@@ -547,6 +565,36 @@ static void on_readable(uint32_t idx) {
     }
 }
 
+/* ---------------------------------------------------------------- pubrate */
+
+/* Send every publish due by now (RATE a second since the start), the open
+ * connections taking turns; a stamp is taken as each one is sent. */
+static void pub_tick(void) {
+    if (!pub_active) return;
+    uint64_t t = now_ns();
+    uint64_t until = t < pub_end_ns ? t : pub_end_ns;
+    uint64_t due = (until - pub_start_ns) * pub_rate / 1000000000ull;
+    char msg[300];
+    for (uint32_t tries = 0; pub_sent < due && nconns && tries < nconns;) {
+        uint32_t idx = pub_next_conn++ % nconns;
+        if (conns[idx].state != ST_OPEN || (conns[idx].flags & (F_SILENT | F_CYCLE))) {
+            tries++;
+            continue;
+        }
+        tries = 0;
+        int len = snprintf(msg, sizeof msg,
+                           "{\"type\":\"publish\",\"channel\":\"%s%lu\",\"data\":{\"t\":%lu}}",
+                           pub_prefix, pub_sent % pub_k, now_ns());
+        send_frame(idx, 1, (const uint8_t *)msg, (uint32_t)len);
+        pub_sent++;
+    }
+    if (t >= pub_end_ns) {
+        pub_active = 0;
+        emit("{\"ev\":\"pubrate\",\"sent\":%lu,\"seconds\":%.3f}", pub_sent,
+             (t - pub_start_ns) / 1e9);
+    }
+}
+
 /* --------------------------------------------------------------- commands */
 
 static void print_i64_list(const char *ev, const char *key, int64_t *arr, uint64_t n,
@@ -577,9 +625,10 @@ static void command(char *line) {
             if ((conns[i].flags & F_SILENT) && conns[i].state == ST_OPEN) silent_open++;
         emit("{\"ev\":\"stats\",\"t\":%lu,\"open\":%lu,\"failed\":%lu,\"pings\":%lu,"
              "\"msgs\":%lu,\"echo\":%lu,\"server_closed\":%lu,\"subscribed\":%lu,"
-             "\"silent\":%lu,\"silent_open\":%lu,\"bytes_in\":%lu}",
+             "\"silent\":%lu,\"silent_open\":%lu,\"bytes_in\":%lu,\"published\":%lu,"
+             "\"errors\":%lu,\"drift\":%lu}",
              now_ns(), n_open, n_failed, n_pings, n_msgs, n_echo, n_server_closed, n_subscribed,
-             n_silent, silent_open, n_bytes_in);
+             n_silent, silent_open, n_bytes_in, n_published, n_errors, n_drift);
     } else if (!strcmp(name, "silent")) {
         sscanf(line, "%*s %lu", &a);
         uint64_t t = now_ns(), k = 0;
@@ -643,6 +692,28 @@ static void command(char *line) {
         int ok = nconns > 0 && conns[0].state == ST_OPEN;
         if (ok) send_frame(0, 1, (const uint8_t *)msg, (uint32_t)len);
         emit("{\"ev\":\"published\",\"ok\":%d,\"t\":%lu}", ok, t);
+    } else if (!strcmp(name, "spread")) {
+        sscanf(line, "%*s %63s %lu", arg, &a);
+        char msg[200];
+        uint64_t k = 0;
+        for (uint32_t i = 0; a && i < nconns; i++) {
+            if (conns[i].state != ST_OPEN || (conns[i].flags & F_SILENT)) continue;
+            int len = snprintf(msg, sizeof msg, "{\"type\":\"subscribe\",\"channel\":\"%s%lu\"}",
+                               arg, (unsigned long)i % a);
+            send_frame(i, 1, (const uint8_t *)msg, (uint32_t)len);
+            k++;
+        }
+        emit("{\"ev\":\"subscribing\",\"count\":%lu}", k);
+    } else if (!strcmp(name, "pubrate")) {
+        double secs = 0;
+        sscanf(line, "%*s %63s %lu %lu %lf", pub_prefix, &a, &b, &secs);
+        pub_k = a ? a : 1;
+        pub_rate = b;
+        pub_sent = 0;
+        pub_start_ns = now_ns();
+        pub_end_ns = pub_start_ns + (uint64_t)(secs * 1e9);
+        pub_active = 1;
+        pub_tick();
     } else if (!strcmp(name, "lat")) {
         print_i64_list("lat", "us", lat_us, n_lat, "");
         n_lat = 0;
@@ -720,7 +791,7 @@ int main(int argc, char **argv) {
     struct epoll_event events[1024];
     uint64_t last_housekeeping = now_ns();
     for (;;) {
-        int n = epoll_wait(ep, events, 1024, 50);
+        int n = epoll_wait(ep, events, 1024, pub_active ? 1 : 50);
         for (int i = 0; i < n; i++) {
             uint64_t key = events[i].data.u64;
             if (key == UINT64_MAX) {
@@ -743,6 +814,7 @@ int main(int argc, char **argv) {
             if (e & EPOLLOUT) flush_out(idx);
             if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) on_readable(idx);
         }
+        pub_tick();
         uint64_t t = now_ns();
         if (t - last_housekeeping > 100000000ull) {
             last_housekeeping = t;
