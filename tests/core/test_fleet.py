@@ -660,3 +660,27 @@ def test_a_restarted_sequence_is_fetched_again_from_its_start() -> None:
     broker.answer(again, Window("new", 2, 1, ((1, "1"), (2, "2"))))
     hub.take_output(2.0)
     assert seqs(texts(wire)) == [("drift", 40, 1, "epoch"), 1, 2, 3]
+
+
+def test_a_restarted_sequence_longer_than_the_old_cursor_is_fetched_from_its_start() -> None:
+    """The recovery fetch asked after seq 1 of the old epoch; the new
+    sequence already has 3, so the window came back without its first:
+    the node asks again from the start rather than announce 1 as lost."""
+    broker = ScriptedBroker()
+    hub = make_hub(broker)
+    wire = connect(hub)
+    live_relay(hub, broker, wire, "c", Window("old", 1, 1, ()))
+    texts(wire)
+    broker.go_down()
+    broker.come_up()
+    assert broker.sink is not None
+    broker.sink.listening(2.0, "c")
+    (fetch,) = broker.take(Fetch)
+    assert fetch.after == 1
+    broker.answer(fetch, Window("new", 3, 1, ((2, "2"), (3, "3"))))
+    (again,) = broker.take(Fetch)
+    assert again.after == 0
+    assert texts(wire) == []  # nothing said before the whole window is back
+    broker.answer(again, Window("new", 3, 1, ((1, "1"), (2, "2"), (3, "3"))))
+    hub.take_output(2.0)
+    assert seqs(texts(wire)) == [("drift", 1, 1, "epoch"), 1, 2, 3]
