@@ -547,9 +547,11 @@ class Fleet:
                 self._fan(now, state, live)
             return
         if answer.epoch != state.epoch:
-            if not answer.entries and answer.oldest <= answer.top:
-                # The sequence restarted and was asked from the old numbering:
-                # ask again from its start, so what history holds is replayed.
+            first = answer.entries[0][0] if answer.entries else answer.top + 1
+            if first > answer.oldest:
+                # The sequence restarted and was asked from the old numbering,
+                # so the window starts past what history holds (or is empty):
+                # ask again from its start, so all of that is replayed.
                 state.epoch, state.last = answer.epoch, 0
                 state.held = held
                 self._fetch(now, state)

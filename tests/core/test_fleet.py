@@ -660,3 +660,83 @@ def test_a_restarted_sequence_is_fetched_again_from_its_start() -> None:
     broker.answer(again, Window("new", 2, 1, ((1, "1"), (2, "2"))))
     hub.take_output(2.0)
     assert seqs(texts(wire)) == [("drift", 40, 1, "epoch"), 1, 2, 3]
+
+
+def test_a_restarted_sequence_longer_than_the_old_cursor_is_fetched_from_its_start() -> None:
+    """The recovery fetch asked after seq 1 of the old epoch; the new
+    sequence already has 3, so the window came back without its first:
+    the node asks again from the start rather than announce 1 as lost."""
+    broker = ScriptedBroker()
+    hub = make_hub(broker)
+    wire = connect(hub)
+    live_relay(hub, broker, wire, "c", Window("old", 1, 1, ()))
+    texts(wire)
+    broker.go_down()
+    broker.come_up()
+    assert broker.sink is not None
+    broker.sink.listening(2.0, "c")
+    (fetch,) = broker.take(Fetch)
+    assert fetch.after == 1
+    broker.answer(fetch, Window("new", 3, 1, ((2, "2"), (3, "3"))))
+    (again,) = broker.take(Fetch)
+    assert again.after == 0
+    assert texts(wire) == []  # nothing said before the whole window is back
+    broker.answer(again, Window("new", 3, 1, ((1, "1"), (2, "2"), (3, "3"))))
+    hub.take_output(2.0)
+    assert seqs(texts(wire)) == [("drift", 1, 1, "epoch"), 1, 2, 3]
+
+
+def test_a_skip_still_untold_when_the_sequence_restarts_is_covered_by_its_drift() -> None:
+    """A slow client has a skipped message of the old epoch still to be
+    told when Redis comes back with a new one: the epoch drift says it, and
+    the timer must not move the client back to the old sequence."""
+    broker = ScriptedBroker()
+    hub = make_hub(broker, write_buffer_guard=100)
+    wire = connect(hub)
+    live_relay(hub, broker, wire, "c", Window("old", 0, 1, ()))
+    texts(wire)
+    wire.write_buffer_size = 500
+    assert broker.sink is not None
+    for seq in (1, 2):  # the first skip is said at once, the second waits for the timer
+        broker.sink.event(1.0, Live("c", "old", seq, str(seq)))
+    hub.take_output(1.0)
+    broker.go_down()
+    broker.come_up()
+    broker.sink.listening(2.0, "c")
+    (fetch,) = broker.take(Fetch)
+    broker.answer(fetch, Window("new", 0, 1, ()))
+    hub.take_output(2.0)
+    wire.write_buffer_size = 0
+    frames = texts(wire)
+    assert seqs(frames) == [("drift", 0, 2, "slow"), ("drift", 1, 1, "epoch")]
+    assert frames[1]["epoch"] == "new"
+    hub.handle_timer(hub.fleet.next_wakeup() or 0.0)
+    assert texts(wire) == []  # nothing left to tell: no drift back to the old sequence
+    broker.sink.event(3.0, Live("c", "new", 1, "1"))
+    hub.take_output(3.0)
+    assert seqs(texts(wire)) == [1]
+
+
+def test_a_held_message_skipped_after_a_later_one_keeps_the_furthest_skip() -> None:
+    """A slow client resumes: its replay's 2 and 3 are skipped, then the
+    live 2 held while it attached is skipped again. What the timer tells it
+    when its buffer drains must reach past 3, the furthest one skipped."""
+    broker = ScriptedBroker()
+    hub = make_hub(broker, write_buffer_guard=100)
+    wire = connect(hub)
+    relay(hub, wire, {"type": "subscribe", "channel": "c", "since": 0, "epoch": "e"})
+    assert broker.take(Listen) == [Listen("c")]
+    assert broker.sink is not None
+    broker.sink.listening(1.0, "c")
+    (attach,) = broker.take(Attach)
+    for seq in (1, 2):  # live while it attaches: held
+        broker.sink.event(1.0, Live("c", "e", seq, str(seq)))
+    wire.write_buffer_size = 500
+    broker.answer(attach, Window("e", 3, 1, ((1, "1"), (2, "2"), (3, "3"))))
+    hub.take_output(1.0)
+    assert seqs(texts(wire)) == [("drift", 0, 2, "slow")]
+    wire.write_buffer_size = 0
+    check = hub.fleet.next_wakeup()
+    assert check is not None
+    hub.handle_timer(check)
+    assert seqs(texts(wire)) == [("drift", 1, 4, "slow")]
