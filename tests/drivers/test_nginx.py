@@ -11,7 +11,6 @@ import contextlib
 import os
 import pathlib
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
 from tests.drivers.harness import SERVERS
+from tests.nginx import NGINX
+from tests.nginx import nginx_conf as shared_conf
 from wslifecycle import Config
 
 INTERVAL = 1.0  # --heartbeat-interval
@@ -41,8 +42,6 @@ SERVE_FLAGS = [
     "--heartbeat-interval", str(INTERVAL), "--max-missed-pongs", str(MAX_MISSED),
     "--allow-no-origin", "--drain-timeout", "2", "--log-level", "info",
 ]  # fmt: skip
-
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 
 
 # ---------------------------------------------------------------- processes
@@ -209,29 +208,15 @@ def nginx_conf(tmp: pathlib.Path, port: int, routes: Mapping[str, int], host: st
         }}"""
         for prefix, upstream in routes.items()
     )
-    return f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx-{port}.pid;
-error_log {tmp}/error.log notice;
-events {{ worker_connections 64; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+    http_block = f"""
     map $http_upgrade $connection_upgrade {{
         default upgrade;
         "" close;
     }}
     server {{
         listen 127.0.0.1:{port};{locations}
-    }}
-}}
-"""
+    }}"""
+    return shared_conf(tmp, port, http_block, connections=64)
 
 
 def _listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:

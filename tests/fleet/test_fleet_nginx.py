@@ -14,7 +14,6 @@ import contextlib
 import json
 import pathlib
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -27,6 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.drivers.harness import cli_server
 from tests.fleet.redis_server import RedisServer
+from tests.nginx import NGINX, nginx_conf
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "fleet.md"
 HEADING = "## Three nodes behind nginx, without sticky sessions"
@@ -36,8 +36,6 @@ DRIVERS = ("asyncio", "selector", "trio")
 CLIENTS = 6
 EACH = 3  # messages each client publishes
 WAIT = 10.0  # seconds: the bound on every wait for a message
-
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 
 
 # ------------------------------------------------------------------- config
@@ -62,28 +60,6 @@ def with_ports(block: str, listen: int, nodes: list[int]) -> str:
         assert block.count(old) == 1, f"docs/fleet.md's nginx block: {old!r} is not there once"
         block = block.replace(old, new)
     return block
-
-
-def nginx_conf(tmp: pathlib.Path, port: int, http_block: str) -> str:
-    """A whole nginx.conf a non-root user can run (one process in the
-    foreground, every file in ``tmp``) around the page's ``http`` content."""
-    return f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx-{port}.pid;
-error_log {tmp}/error.log notice;
-events {{ worker_connections 256; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-{http_block}
-}}
-"""
 
 
 @contextlib.contextmanager
