@@ -13,6 +13,7 @@ import ctypes
 import os
 import pathlib
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -136,6 +137,23 @@ class Child:
         assert stdin is not None
         stdin.write(line + "\n")
         stdin.flush()
+
+    def wait_for_port(self, pattern: re.Pattern[str], timeout: float) -> int | None:
+        """The port (``pattern``'s group 1) of the first stdout line that
+        matches, within ``timeout``; None if the process exited first or
+        the time ran out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                _, line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if not self.alive():
+                    return None
+                continue
+            match = pattern.search(line)
+            if match:
+                return int(match.group(1))
+        return None
 
     def stderr_tail(self, lines: int = 15) -> str:
         try:

@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -146,17 +145,9 @@ class RunningServer:
         self.port = self._wait_listening(20.0)
 
     def _wait_listening(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                _, line = self.child.lines.get(timeout=0.2)
-            except queue.Empty:
-                if not self.child.alive():
-                    break
-                continue
-            match = _LISTENING.search(line)
-            if match:
-                return int(match.group(1))
+        port = self.child.wait_for_port(_LISTENING, timeout)
+        if port is not None:
+            return port
         tail = self.child.stderr_tail()
         self.child.kill()
         raise ServerStartError(f"{self.kind.key} did not start: {tail}")

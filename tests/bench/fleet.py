@@ -132,17 +132,9 @@ class Node:
         self.port = self._wait_serving(20.0)
 
     def _wait_serving(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                _, line = self.child.lines.get(timeout=0.2)
-            except queue.Empty:
-                if not self.child.alive():
-                    break
-                continue
-            found = _SERVING.search(line)
-            if found:
-                return int(found[1])
+        port = self.child.wait_for_port(_SERVING, timeout)
+        if port is not None:
+            return port
         raise RuntimeError(f"{self.name} did not start: {self.child.stderr_tail()}")
 
     def cpu(self) -> float:

@@ -144,6 +144,18 @@ def live_relay(
     hub.take_output(1.0)
 
 
+def recover(broker: ScriptedBroker, channel: str) -> Fetch:
+    """Redis lost and back: the node listens to ``channel`` again and
+    fetches what it may have missed; that Fetch, not yet answered."""
+    broker.go_down()
+    broker.come_up()
+    assert broker.sink is not None
+    broker.sink.listening(2.0, channel)
+    (fetch,) = broker.take(Fetch)
+    assert isinstance(fetch, Fetch)
+    return fetch
+
+
 # -------------------------------------------------------------- in memory
 
 
@@ -418,16 +430,13 @@ def test_a_redis_that_lost_everything_starts_a_new_epoch_with_a_drift() -> None:
     wire = connect(hub)
     live_relay(hub, broker, wire, "c", Window("old", 40, 1, ()))
     texts(wire)
-    broker.go_down()
-    broker.come_up()
-    assert broker.sink is not None
-    broker.sink.listening(2.0, "c")
-    (fetch,) = broker.take(Fetch)
+    fetch = recover(broker, "c")
     broker.answer(fetch, Window("new", 1, 1, ((1, "1"),)))
     hub.take_output(2.0)
     frames = texts(wire)
     assert seqs(frames) == [("drift", 40, 1, "epoch"), 1]
     assert frames[0]["epoch"] == "new"
+    assert broker.sink is not None
     broker.sink.event(2.0, Live("c", "new", 2, "2"))
     hub.take_output(2.0)
     assert seqs(texts(wire)) == [2]
@@ -647,12 +656,9 @@ def test_a_restarted_sequence_is_fetched_again_from_its_start() -> None:
     wire = connect(hub)
     live_relay(hub, broker, wire, "c", Window("old", 40, 1, ()))
     texts(wire)
-    broker.go_down()
-    broker.come_up()
-    assert broker.sink is not None
-    broker.sink.listening(2.0, "c")
-    (fetch,) = broker.take(Fetch)
+    fetch = recover(broker, "c")
     assert fetch.after == 40
+    assert broker.sink is not None
     broker.sink.event(2.0, Live("c", "new", 3, "3"))  # waits for the fetches
     broker.answer(fetch, Window("new", 2, 1, ()))
     (again,) = broker.take(Fetch)
@@ -671,11 +677,7 @@ def test_a_restarted_sequence_longer_than_the_old_cursor_is_fetched_from_its_sta
     wire = connect(hub)
     live_relay(hub, broker, wire, "c", Window("old", 1, 1, ()))
     texts(wire)
-    broker.go_down()
-    broker.come_up()
-    assert broker.sink is not None
-    broker.sink.listening(2.0, "c")
-    (fetch,) = broker.take(Fetch)
+    fetch = recover(broker, "c")
     assert fetch.after == 1
     broker.answer(fetch, Window("new", 3, 1, ((2, "2"), (3, "3"))))
     (again,) = broker.take(Fetch)
@@ -700,10 +702,7 @@ def test_a_skip_still_untold_when_the_sequence_restarts_is_covered_by_its_drift(
     for seq in (1, 2):  # the first skip is said at once, the second waits for the timer
         broker.sink.event(1.0, Live("c", "old", seq, str(seq)))
     hub.take_output(1.0)
-    broker.go_down()
-    broker.come_up()
-    broker.sink.listening(2.0, "c")
-    (fetch,) = broker.take(Fetch)
+    fetch = recover(broker, "c")
     broker.answer(fetch, Window("new", 0, 1, ()))
     hub.take_output(2.0)
     wire.write_buffer_size = 0
