@@ -29,7 +29,8 @@ require the same result.
 Outbound frames from a server are unmasked (§5.1); :func:`encode_frame`
 writes them directly (a header and the payload) because that is the hot
 path of every ping and message. With permessage-deflate negotiated, data
-frames go through wsproto's ``FrameProtocol`` instead.
+frames go through wsproto's ``FrameProtocol`` instead. A client's frames are
+masked (:func:`encode_masked_frame`), the key an argument like all entropy.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ __all__ = [
     "InboundMessage",
     "InboundPing",
     "InboundPong",
+    "close_payload",
     "encode_close",
     "encode_frame",
+    "encode_masked_frame",
 ]
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -129,8 +132,10 @@ class _Decoder(FrameDecoder):
     fail first then depends on how the input was chunked. Checked here, at the
     header, the verdict is the same whatever the chunking (RFC 6455 §5.4)."""
 
-    def __init__(self, extensions: list[Extension], messages: MessageDecoder) -> None:
-        super().__init__(client=False, extensions=extensions)
+    def __init__(
+        self, extensions: list[Extension], messages: MessageDecoder, *, client: bool
+    ) -> None:
+        super().__init__(client=client, extensions=extensions)
         self._messages = messages
 
     def parse_header(self) -> bool:
@@ -149,7 +154,11 @@ class _Decoder(FrameDecoder):
 
 
 class FrameReader:
-    """Bytes from the client in, complete messages and control frames out."""
+    """Bytes from the peer in, complete messages and control frames out.
+
+    A server's reader (the default) requires masked frames; a client's
+    (``client=True``) requires unmasked ones (RFC 6455 §5.1: either breach
+    is a protocol error, 1002)."""
 
     __slots__ = (
         "_decoder",
@@ -159,16 +168,23 @@ class FrameReader:
         "_fragments",
         "_in_frame",
         "_inflating",
+        "_key_size",
         "_max_fragments",
         "_max_size",
         "_messages",
         "_parts",
         "_size",
         "_unmask",
+        "client",
     )
 
     def __init__(
-        self, config: Config, extensions: list[Extension], unmask: Unmask | None = None
+        self,
+        config: Config,
+        extensions: list[Extension],
+        unmask: Unmask | None = None,
+        *,
+        client: bool = False,
     ) -> None:
         # wsproto's decoders exist only while a frame needs them (see _slow):
         # an idle connection, or one whose frames all take the fast path,
@@ -188,6 +204,8 @@ class FrameReader:
         self._inflating = any(extension.enabled() for extension in extensions)
         self._fast = not self._inflating  # RSV1 frames need the extension
         self._unmask: Unmask = unmask or pure_unmask
+        self.client = client
+        self._key_size = 0 if client else 4  # a server's frames carry no masking key
 
     @property
     def buffered(self) -> int:
@@ -241,7 +259,7 @@ class FrameReader:
         decoder = self._decoder
         if decoder is None:
             self._messages = messages = MessageDecoder()
-            self._decoder = decoder = _Decoder(self._extensions, messages)
+            self._decoder = decoder = _Decoder(self._extensions, messages, client=self.client)
         return decoder
 
     def _whole_frames(self, data: bytes, out: list[Inbound]) -> bytes:
@@ -249,20 +267,22 @@ class FrameReader:
         module docstring); return what is left for wsproto."""
         end = len(data)
         pos = 0
+        key_size = self._key_size
+        mask_bit = 0x80 if key_size else 0
         while pos + 2 <= end:
             first, second = data[pos], data[pos + 1]
-            if first & 0x70 or not second & 0x80 or not first & 0x80:
-                break  # reserved bits, unmasked, or a fragment: wsproto's call
+            if first & 0x70 or second & 0x80 != mask_bit or not first & 0x80:
+                break  # reserved bits, the wrong masking, or a fragment: wsproto's call
             opcode = first & 0x0F
             length = second & 0x7F
-            start = pos + 6  # 2-byte header, 4-byte key
+            start = pos + 2 + key_size
             if length == 126:
                 if pos + 4 > end:
                     break
                 length = data[pos + 2] << 8 | data[pos + 3]
                 if length < 126:
                     break  # a needlessly long encoding is a protocol error
-                start = pos + 8
+                start = pos + 4 + key_size
             elif length == 127:
                 break  # 64-bit lengths are rare: leave them to wsproto
             if opcode >= 0x8:
@@ -273,7 +293,10 @@ class FrameReader:
             stop = start + length
             if stop > end:
                 break  # not all here yet
-            payload = self._unmask(data[start:stop], data[start - 4 : start])
+            if key_size:
+                payload = self._unmask(data[start:stop], data[start - 4 : start])
+            else:
+                payload = data[start:stop]
             pos = stop
             if opcode == 0x1:
                 try:
@@ -401,13 +424,34 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     return struct.pack("!BBQ", first, 127, length) + payload
 
 
+def encode_masked_frame(opcode: int, payload: bytes, key: bytes, mask: Unmask) -> bytes:
+    """One final frame from a client, masked with the 4-byte ``key`` (RFC
+    6455 §5.3: every client frame, with a fresh unpredictable key)."""
+    length = len(payload)
+    first = 0x80 | opcode
+    if length < 126:
+        header = bytes((first, 0x80 | length))
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 0xFE, length)
+    else:
+        header = struct.pack("!BBQ", first, 0xFF, length)
+    return header + key + mask(payload, key)
+
+
+def close_payload(code: int, reason: str) -> bytes:
+    """A close frame's payload; ``code`` was checked sendable by the lifecycle."""
+    return struct.pack("!H", code) + reason.encode("utf-8")[:123]
+
+
 def encode_close(code: int, reason: str) -> bytes:
     """A close frame; ``code`` was checked sendable by the lifecycle."""
-    return encode_frame(OP_CLOSE, struct.pack("!H", code) + reason.encode("utf-8")[:123])
+    return encode_frame(OP_CLOSE, close_payload(code, reason))
 
 
 class CompressedWriter:
-    """Data frames through permessage-deflate (wsproto keeps the context)."""
+    """A server's data frames through permessage-deflate (wsproto keeps the
+    context). Clients offer no compression (``wslifecycle.client``), so
+    wsproto's own client masking, from ``os.urandom``, never runs."""
 
     __slots__ = ("_protocol",)
 
