@@ -79,7 +79,7 @@ from .url import Target
 
 __all__ = ["ClientConnection"]
 
-ACTIVE, DRAINING, CLOSED = State.ACTIVE, State.DRAINING, State.CLOSED
+ACTIVE, CLOSED = State.ACTIVE, State.CLOSED
 
 #: Ended by the peer's fault or ours: the code the outcome reports.
 _TERMINATED_CODES = {
@@ -227,7 +227,7 @@ class ClientConnection:
         if cause is TerminationCause.HANDSHAKE_TIMEOUT:
             return Outcome(code=1006, reason="no answer to the upgrade request in time")
         reason = self._error or (cause.value if cause is not None else "")
-        return Outcome(code=1006, reason=reason, local=local and self._close_sent)
+        return Outcome(code=1006, reason=reason, local=local)
 
     # ------------------------------------------------------ the transport's inputs
 
@@ -252,9 +252,12 @@ class ClientConnection:
         self.pump(now)
         if self._ended:
             return
-        if self._response is not None:  # before any answer
+        response = self._response
+        if response is not None:  # before any answer
             self._response = None
-            self._judge(Refused(0, "the server closed the connection before answering"), now)
+            verdict = response.feed(b"")
+            assert isinstance(verdict, Refused)
+            self._judge(verdict, now)
             self.pump(now)
             return
         self.transport_lost(now, "eof")
@@ -354,9 +357,9 @@ class ClientConnection:
                     self._frame(OP_CLOSE, close_payload(action.code, action.reason))
                     self._close_sent = True
                 elif isinstance(action, ReleaseChannels):
-                    # A client holds no server channels: released at once.
-                    if lifecycle.state is DRAINING:
-                        lifecycle.channels_released(now, buffered=self.buffered)
+                    # A teardown began (DRAINING); a client holds no server
+                    # channels, so they are released at once.
+                    lifecycle.channels_released(now, buffered=self.buffered)
                 elif isinstance(action, CloseTransport):
                     self._ended = True
                     actions.append(action)

@@ -18,8 +18,8 @@ The response head is bounded by ``max_header_bytes``, like a request's.
 from __future__ import annotations
 
 import base64
+import calendar
 import dataclasses
-import email.utils
 
 import h11
 from wsproto.utilities import generate_accept_token
@@ -119,6 +119,8 @@ class ResponseReader:
     def feed(self, data: bytes) -> Verdict | None:
         """Bytes from the server; None until the head is complete. ``data``
         empty: the server closed before answering."""
+        if not data:
+            return Refused(0, "the server closed the connection before answering")
         connection = self._connection
         connection.receive_data(data)
         try:
@@ -127,8 +129,6 @@ class ResponseReader:
             return Refused(0, f"malformed HTTP response: {error}")
         if event is h11.NEED_DATA:
             return None
-        if isinstance(event, h11.ConnectionClosed):
-            return Refused(0, "the server closed the connection before answering")
         assert isinstance(event, h11.InformationalResponse | h11.Response)
         headers = tuple(
             (name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers
@@ -167,19 +167,37 @@ class ResponseReader:
 
 def retry_after_seconds(value: str, wall_time: float | None) -> float | None:
     """``Retry-After`` (RFC 9110 §10.2.3) in seconds from now: delay-seconds,
-    or an HTTP-date when the wall clock is known. None if unreadable."""
+    or an IMF-fixdate HTTP-date when the wall clock is known. None if
+    unreadable."""
     value = value.strip()
     if value.isdigit():
         return float(int(value))
     if wall_time is None:
         return None
+    when = _http_date(value)
+    return None if when is None else max(0.0, when - wall_time)
+
+
+_MONTHS = {name: number for number, name in enumerate(calendar.month_abbr) if name}
+
+
+def _http_date(value: str) -> float | None:
+    """Seconds since the epoch of an IMF-fixdate, "Sun, 06 Nov 1994 08:49:37
+    GMT" (the form every server sends; email.utils would read more, but it
+    imports ``socket``)."""
+    parts = value.split()
+    if len(parts) != 6 or parts[5] != "GMT" or not parts[0].endswith(","):
+        return None
+    _, day, month, year, clock, _ = parts
+    hms = clock.split(":")
+    if month not in _MONTHS or len(hms) != 3 or not all(p.isdigit() for p in (day, year, *hms)):
+        return None
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return float(
+            calendar.timegm((int(year), _MONTHS[month], int(day), *map(int, hms), 0, 0, 0))
+        )
+    except (ValueError, OverflowError):  # year 0, a year past 9999
         return None
-    if when.tzinfo is None:  # an HTTP-date is always GMT; a bare one is not one
-        return None
-    return max(0.0, when.timestamp() - wall_time)
 
 
 def _field(headers: tuple[tuple[str, str], ...], name: str) -> str | None:

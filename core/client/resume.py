@@ -109,10 +109,8 @@ class Subscriptions:
         if not isinstance(data, str) or not data.startswith('{"type":"'):
             return None
         try:
-            body = json.loads(data)
+            body = json.loads(data)  # an object: the text starts with "{"
         except (ValueError, RecursionError):
-            return None
-        if not isinstance(body, dict):
             return None
         kind = body.get("type")
         channel = body.get("channel")
