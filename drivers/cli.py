@@ -1,4 +1,5 @@
 """``wslifecycle serve``: the pub/sub relay (or an echo server) on any driver.
+(``wslifecycle probe URL`` checks a server's liveness detection: drivers/probe.py.)
 
     wslifecycle serve --port 8765 --heartbeat-interval 30 --allow-no-origin
     wslifecycle serve --certfile cert.pem --keyfile key.pem --metrics-port 9100
@@ -25,6 +26,7 @@ from typing import Any, NoReturn
 from wslifecycle import Config, ConfigError, HeartbeatMode, __version__
 from wslifecycle.config import SLACK_CAP, SLACK_DIVISOR, STALL_CAP, STALL_DIVISOR
 
+from . import probe as _probe
 from ._tls import server_context
 
 __all__ = ["announce", "build_config", "listen_options", "main", "parser", "start_failed"]
@@ -304,6 +306,13 @@ def parser() -> argparse.ArgumentParser:
         default="info",
         help="stdlib logging level (default: %(default)s)",
     )
+    probe = commands.add_parser(
+        "probe",
+        help="check a WebSocket server's liveness detection from outside",
+        description=(_probe.__doc__ or "").replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _probe.add_arguments(probe)
     return top
 
 
@@ -339,6 +348,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "probe":
+        return _probe.main(args)
     try:
         config = build_config(args)
     except ConfigError as error:

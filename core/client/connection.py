@@ -25,7 +25,9 @@ Frames are masked with a key from ``random_bytes`` (RFC 6455 §5.3); the
 handshake's nonce comes from it too. A server's application heartbeat
 (``{"type":"heartbeat","id":…}``, ``relay.py``) is echoed at once and never
 reaches the application. ``answer_pings = False`` stops answering pings and
-heartbeats (a silent peer, for ``wslifecycle probe``).
+heartbeats (a silent peer, for ``wslifecycle probe``). What the server sent
+and when we last answered are counted for the probe: ``pings_received``,
+``heartbeats_received``, ``answered_at``, ``peer_close``.
 
 Closing: the client sends its close frame, the server echoes it and closes
 TCP; once both frames crossed the lifecycle closes TCP too (RFC 6455 §7.1.1
@@ -107,7 +109,10 @@ class ClientConnection:
         "_response",
         "_scheduler",
         "answer_pings",
+        "answered_at",
+        "heartbeats_received",
         "lifecycle",
+        "pings_received",
         "refusal",
         "response_headers",
         "subprotocol",
@@ -170,6 +175,11 @@ class ClientConnection:
         self.response_headers: tuple[tuple[str, str], ...] = ()
         #: False: a silent peer, answering no ping and no application heartbeat.
         self.answer_pings = True
+        #: Pings, and application heartbeats while ACTIVE, read from the server.
+        self.pings_received = 0
+        self.heartbeats_received = 0
+        #: The ``now`` of the last pong or heartbeat echo queued (None: none yet).
+        self.answered_at: float | None = None
         #: Bytes the transport still holds unsent; the driver keeps it current.
         self.write_buffer_size = 0
 
@@ -196,6 +206,12 @@ class ClientConnection:
     def reading_paused(self) -> bool:
         """True while the driver must not read the socket (the application is behind)."""
         return self.lifecycle.reading_paused
+
+    @property
+    def peer_close(self) -> tuple[int | None, str] | None:
+        """The server's close frame (code, None if it carried none; reason),
+        once one was read."""
+        return self._peer_close
 
     @property
     def buffered(self) -> int:
@@ -402,16 +418,20 @@ class ClientConnection:
                     lifecycle.receive_message(now, item.data)
                 elif lifecycle.state is ACTIVE:
                     # The server's application heartbeat: echo it, unseen.
+                    self.heartbeats_received += 1
                     lifecycle.note_activity(now)
                     if self.answer_pings:
                         lifecycle.send(
                             item.data, buffered=self.buffered, critical=True, sequenced=False
                         )
+                        self.answered_at = now
             elif isinstance(item, InboundPong):
                 lifecycle.receive_pong(now, item.payload)
             elif isinstance(item, InboundPing):
+                self.pings_received += 1
                 if self.answer_pings and not self._close_sent and lifecycle.state is not CLOSED:
                     self._frame(OP_PONG, item.payload)
+                    self.answered_at = now
                 lifecycle.note_activity(now)
             elif isinstance(item, InboundClose):
                 self._peer_close = (item.code, item.reason)

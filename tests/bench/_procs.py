@@ -170,6 +170,8 @@ class Child:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         self._reader.join(timeout=2)  # it stops at EOF on stdout
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()  # else a ResourceWarning when it is collected
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
