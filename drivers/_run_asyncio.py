@@ -10,6 +10,7 @@ import sys
 from wslifecycle import Config
 
 from . import dashboard
+from ._pages import add_pages, announce_pages
 from .asyncio import Handler, echo_handler, relay_handler, serve
 from .cli import announce, listen_options, start_failed
 
@@ -26,15 +27,13 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
         server = await serve(handler, **listen_options(args), config=config)
     except (OSError, ValueError) as error:  # nothing was started: one line, no traceback
         return start_failed(args, error)
-    if args.dashboard:
-        dashboard.add_page(server.hub)
+    add_pages(args, server.hub)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.begin_drain)
     address = None if args.unix else server.sockets[0].getsockname()[:2]
     announce(args, "asyncio", address, server.metrics_port)
-    if args.dashboard and address is not None:
-        dashboard.announce(*address)
+    announce_pages(args, address)
     await server.serve_forever()
     print("wslifecycle: drained, exiting", file=sys.stderr, flush=True)
     return 0

@@ -10,6 +10,7 @@ from types import FrameType
 from wslifecycle import Config
 
 from . import dashboard
+from ._pages import add_pages, announce_pages
 from .cli import announce, listen_options, start_failed
 from .selector import Handler, echo_handler, relay_handler, serve
 
@@ -22,8 +23,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         server = serve(handler, **listen_options(args), config=config, workers=args.workers)
     except (OSError, ValueError) as error:  # no thread was started: one line, no traceback
         return start_failed(args, error)
-    if args.dashboard:
-        server.call(lambda: dashboard.add_page(server.hub))
+    server.call(lambda: add_pages(args, server.hub))
 
     def request_drain(signum: int, frame: FrameType | None) -> None:
         server.begin_drain()  # takes no lock: the I/O thread drains
@@ -32,8 +32,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         signal.signal(signum, request_drain)
     address = None if args.unix else server.sockets[0].getsockname()[:2]
     announce(args, "selector", address, server.metrics_port)
-    if args.dashboard and address is not None:
-        dashboard.announce(*address)
+    announce_pages(args, address)
     # The main thread only waits (signal handlers run here); lock waits are
     # interrupted by signals on POSIX, so SIGTERM is handled at once.
     drained = server.wait_drained()

@@ -12,6 +12,7 @@ import trio
 from wslifecycle import Config
 
 from . import dashboard
+from ._pages import add_pages, announce_pages
 from .cli import announce, listen_options, start_failed
 from .trio import Handler, Server, echo_handler, relay_handler, serve
 
@@ -35,12 +36,10 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
                 # serve() failed before it started: nothing of it is left in
                 # the nursery. The error may come wrapped in an exception group.
                 return start_failed(args, error)
-            if args.dashboard:
-                dashboard.add_page(server.hub)
+            add_pages(args, server.hub)
             address = None if args.unix else server.sockets[0].getsockname()[:2]
             announce(args, "trio", address, server.metrics_port)
-            if args.dashboard and address is not None:
-                dashboard.announce(*address)
+            announce_pages(args, address)
             async for _ in signals:
                 server.begin_drain()
                 break

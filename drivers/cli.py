@@ -300,6 +300,11 @@ def parser() -> argparse.ArgumentParser:
         help="serve the operator's page at /dashboard (its live feed is a WebSocket there)",
     )
     add(
+        "--serve-client",
+        action="store_true",
+        help="serve the browser client module (one ES module, no dependencies) at /client.js",
+    )
+    add(
         "--log-level",
         type=str.lower,
         choices=("debug", "info", "warning", "error"),

@@ -7,127 +7,28 @@ origin. A screenshot of each run is kept (its path is printed)."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import queue
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
+from tests.browser.chromium import Browser, launched
 from tests.drivers.harness import cli_server
 
 HERE = pathlib.Path(__file__).resolve().parent
-CHROMIUM = "/usr/bin/chromium"
 #: Screenshots land here too (git-ignored), to look at after a run.
 ARTIFACTS = HERE / "artifacts"
 DRIVERS = ("asyncio", "selector", "trio")
 INTERVAL = 0.5  # heartbeat interval: RTTs show up within a second
 FOREIGN = Origin("https://evil.example")
-
-
-def _missing() -> str | None:
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"{CHROMIUM} is not installed (apt-get install chromium)"
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not (HERE / "node_modules" / "playwright-core").is_dir():
-        return "playwright-core is not installed (bash .ci/setup)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    missing = _missing()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(missing)  # CI installs all of it: never skip there
-        pytest.skip(missing)
-    driver = Browser(tmp_path_factory.mktemp("chromium-profile"))
-    try:
-        yield driver
-    finally:
-        driver.close()
-
-
-class Browser:
-    """One Chromium for the module; each ``goto`` opens a fresh page."""
-
-    def __init__(self, user_data_dir: pathlib.Path) -> None:
-        self.process = subprocess.Popen(
-            ["node", str(HERE / "page.js"), CHROMIUM, str(user_data_dir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=HERE,
-        )
-        self._answers: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        #: The page's console errors and warnings (a CSP violation among them).
-        self.console: list[str] = []
-        self._answer(30.0)  # Chromium is up
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._answers.put(json.loads(line))
-        self._answers.put(None)
-
-    def _answer(self, timeout: float) -> Any:
-        try:
-            answer = self._answers.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"the browser did not answer within {timeout} s") from None
-        if answer is None:
-            assert self.process.stderr is not None
-            raise RuntimeError(f"the browser driver ended: {self.process.stderr.read()[-2000:]}")
-        self.console.extend(answer["console"])
-        if not answer["ok"]:
-            raise AssertionError(f"browser: {answer['error']}")
-        return answer.get("value")
-
-    def do(self, op: str, within: float = 10.0, **fields: object) -> Any:
-        """Run one command; its value (the answer must come ``within`` seconds)."""
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
-        self.process.stdin.flush()
-        return self._answer(within)
-
-    def wait(self, condition: str, timeout: float = 5.0) -> None:
-        """Until ``condition`` (JavaScript, with the helpers of :data:`JS`) holds."""
-        expression = f"(() => {{ {JS} return {condition}; }})()"
-        self.do("wait", timeout + 5, js=expression, timeout=int(timeout * 1000))
-
-    def value(self, expression: str) -> Any:
-        return self.do("eval", js=f"(() => {{ {JS} return {expression}; }})()")
-
-    def close(self) -> None:
-        try:
-            if self.process.poll() is None:
-                self.do("close", 15.0)
-        finally:
-            if self.process.stdin is not None:
-                self.process.stdin.close()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-            self._reader.join(5)
-            for stream in (self.process.stdout, self.process.stderr):
-                if stream is not None:
-                    stream.close()
 
 
 #: Helpers for the conditions: what the operator reads on the page.
@@ -139,6 +40,12 @@ const members = (channel) => text(`#channels tr[data-channel="${channel}"] td.me
 const legend = () => text("#legend") || "";
 const alertRows = () => document.querySelectorAll("#alerts tbody tr").length;
 """
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    with launched(tmp_path_factory, JS) as driver:
+        yield driver
 
 
 @contextmanager

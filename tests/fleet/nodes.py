@@ -93,21 +93,24 @@ def wait_each(
 
 
 class Node:
-    """One ``wslifecycle serve --redis URL`` process on a free port.
+    """One ``wslifecycle serve --redis URL`` process on a free port (a
+    ``--port`` among ``flags`` picks it; ``redis_url`` None: one node, channels
+    in memory).
 
     Its log (stderr) goes to a file, read back when a test fails."""
 
     #: Most a node takes to print its serving line.
     START_TIMEOUT = 15.0
 
-    def __init__(self, driver: str, redis_url: str, *flags: str) -> None:
+    def __init__(self, driver: str, redis_url: str | None, *flags: str) -> None:
         self.driver = driver
         self._log_dir = tempfile.TemporaryDirectory(prefix=f"wslifecycle-node-{driver}-")
         self.log_path = Path(self._log_dir.name) / "node.log"
         self._log = self.log_path.open("w")
+        redis = () if redis_url is None else ("--redis", redis_url)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "wslifecycle.drivers", "serve", "--port", "0",
-             "--driver", driver, "--redis", redis_url, "--allow-no-origin",
+             "--driver", driver, *redis, "--allow-no-origin",
              "--log-level", "warning", *flags],
             stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, text=True,
         )  # fmt: skip
