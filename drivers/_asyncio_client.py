@@ -194,7 +194,7 @@ class Client:
         """Wait until the first connection is up; raise if the client stopped first."""
         task = self._task
         assert task is not None
-        while not self.connected:
+        while not self._core.session.connections:  # made one (it may be gone already)
             if task.done():
                 task.result()  # a failure of the driver itself
                 raise self._core.stop_error()

@@ -241,7 +241,7 @@ class Client:
         :class:`ClientStopped` if the client stops first."""
         self._thread.start()
         with self._changed:
-            while not self._core.session.connected:
+            while not self._core.session.connections:  # made one (it may be gone already)
                 if self._finished:
                     if self._failure is not None:
                         raise ClientStopped(self._stop()) from self._failure

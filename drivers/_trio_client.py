@@ -217,7 +217,7 @@ class Client:
 
     async def _first(self) -> None:
         """Wait until the first connection is up; raise if the client stopped first."""
-        while not self.connected:
+        while not self._core.session.connections:  # made one (it may be gone already)
             if self._finished:
                 if self._failure is not None:
                     raise self._failure
