@@ -249,13 +249,12 @@ class ClientConnection:
 
     def receive_eof(self, now: float) -> None:
         """The server closed its side of TCP."""
-        self.pump(now)
-        if self._ended:
-            return
-        if self._response is not None:  # before any answer
+        if self._response is not None:
+            # Before any answer: no HTTP status to judge (a server killed or
+            # restarting with our request in its backlog), so no refusal:
+            # a lost transport, 1006, which reconnects.
             self._response = None
-            self._judge(Refused(0, "the server closed the connection before answering"), now)
-            self.pump(now)
+            self.transport_lost(now, "the server closed the connection before answering")
             return
         self.transport_lost(now, "eof")
 

@@ -14,7 +14,7 @@ from wsproto.utilities import generate_accept_token
 
 from wslifecycle import Entropy, State
 from wslifecycle.actions import AcceptUpgrade, CloseTransport
-from wslifecycle.client import ClientSession, Stop, client_config
+from wslifecycle.client import ClientSession, Retry, Stop, client_config
 
 
 def counter_bytes() -> tuple[list[bytes], Callable[[int], bytes]]:
@@ -64,4 +64,26 @@ def test_a_close_in_the_same_read_as_the_101() -> None:
     assert wire.data_to_send() == b""  # no subscribe on a closed connection
     step = session.ended(0.2)
     assert isinstance(step, Stop)
-    assert step.outcome.code == 1008 and step.outcome.reason == "not welcome"
+    assert step.outcome.code == 1008
+    assert step.outcome.reason == "not welcome"
+
+
+def test_an_eof_before_any_answer_is_1006_and_reconnects() -> None:
+    """A server killed (or restarting) with our request in its backlog
+    closes without an HTTP answer: no status to judge, a lost transport."""
+    ids = itertools.count()
+    entropy = Entropy(connection_id=lambda: f"c{next(ids)}", probe_payload=lambda: b"p")
+    _, random_bytes = counter_bytes()
+    session = ClientSession(
+        "ws://example.test/", entropy=entropy, random_bytes=random_bytes, random=lambda: 0.5
+    )
+    wire = session.connect(0.0)
+    wire.data_to_send()
+    wire.receive_eof(0.5)
+    assert any(isinstance(action, CloseTransport) for action in wire.take_actions())
+    assert wire.refusal is None
+    step = session.ended(0.5)
+    assert isinstance(step, Retry), step
+    assert step.outcome.code == 1006
+    assert step.outcome.status is None
+    assert step.outcome.reason == "the server closed the connection before answering"
