@@ -203,6 +203,7 @@ class Client:
 
     async def _run(self) -> None:
         core = self._core
+        failure: BaseException | None = None
         try:
             while True:
                 step = await self._connection()
@@ -213,6 +214,9 @@ class Client:
                     return
                 except TimeoutError:
                     pass
+        except BaseException as error:  # a failure of the driver (or a cancellation)
+            failure = error
+            raise
         finally:
             self._finished = True
             if self._timer is not None:
@@ -221,7 +225,7 @@ class Client:
             protocol = self._protocol
             if protocol is not None and protocol.transport is not None:
                 protocol.abort()  # only a failure of this task leaves one open
-            core.close(self._now())  # no effect unless this task failed
+            core.finished(failure)
             self._changed.set()
 
     async def _connection(self) -> Retry | Stop:

@@ -140,8 +140,20 @@ def dial_outcome(error: BaseException) -> Outcome:
     if isinstance(error, TimeoutError):
         return Outcome(code=1006, reason="connect: timed out")
     if isinstance(error, OSError):
-        return Outcome(code=1006, reason=f"connect: {error.strerror or error}")
+        return Outcome(code=1006, reason=f"connect: {_os_reason(error)}")
     return Outcome(code=1006, reason=f"connect: {type(error).__name__}: {error}")
+
+
+def _os_reason(error: OSError) -> str:
+    """``Connection refused``, however the event loop wrapped it (asyncio
+    words its own message; Trio groups one error per address)."""
+    cause = error.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        leaves = [leaf for leaf in cause.exceptions if isinstance(leaf, OSError)]
+        error = leaves[0] if leaves else error
+    if error.errno:
+        return os.strerror(error.errno)
+    return str(error.strerror or error)
 
 
 def _config(options: ClientOptions) -> Config:
@@ -317,6 +329,16 @@ class ClientCore:
         if wire is None or wire.ended:
             outcome = Outcome(code=code, reason=reason, local=True)
             self._closed_stop = Stop("closed by the application", outcome)
+
+    def finished(self, error: BaseException | None = None) -> None:
+        """The driver's task or thread has ended. Normally ``stopped`` says
+        why already; if the driver itself failed (``error``), the client
+        stops with that as the reason (1011, never reconnected)."""
+        self.session.closing = True
+        if self.stopped is None:
+            reason = "closed" if error is None else f"the client driver failed: {error!r}"
+            outcome = Outcome(code=1000 if error is None else 1011, reason=reason, local=True)
+            self._closed_stop = Stop(reason, outcome)
 
     def take(self, now: float) -> str | bytes | None:
         """The next message for the application (None: none yet)."""

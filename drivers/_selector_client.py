@@ -199,9 +199,7 @@ class Client:
                         self._wake()  # the socket is read again
                     return message
                 if self._finished:
-                    if self._failure is not None:
-                        raise ClientStopped(self._stop()) from self._failure
-                    raise self._core.stop_error()
+                    raise self._core.stop_error() from self._failure
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no message within {timeout} s")
@@ -243,9 +241,7 @@ class Client:
         with self._changed:
             while not self._core.session.connections:  # made one (it may be gone already)
                 if self._finished:
-                    if self._failure is not None:
-                        raise ClientStopped(self._stop()) from self._failure
-                    raise self._core.stop_error()
+                    raise self._core.stop_error() from self._failure
                 self._changed.wait()
 
     def _stop(self) -> Stop:
@@ -278,7 +274,7 @@ class Client:
                 connection = self._connection
                 if connection is not None:  # only a failure leaves one
                     connection.drop(reset=True)
-                self._core.close(time.monotonic())  # no effect unless this thread failed
+                self._core.finished(self._failure)
                 self._finished = True
                 self._changed.notify_all()
             self._selector.close()

@@ -238,7 +238,7 @@ class Client:
             raise
         finally:
             self._finished = True
-            self._core.close(trio.current_time())  # no effect unless this task failed
+            self._core.finished(self._failure)
             self._done.set()
             self._changed.set()
 

@@ -79,7 +79,7 @@ class Recorder:
             self.drifts.append((time.monotonic(), body))
             self._changed.notify_all()
 
-    def wait(self, check: Callable[[], T], timeout: float, what: str) -> T:
+    def wait(self, check: Callable[[], T | None], timeout: float, what: str) -> T:
         """Wait (bounded) until ``check()`` is truthy; its answer."""
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -149,6 +149,15 @@ class Runner:
     @property
     def connected(self) -> bool:
         return bool(self.call(lambda client: client.connected))
+
+    def send(self, data: str | bytes) -> None:
+        self.call(lambda client: client.send(data))
+
+    def subscribe(self, channel: str) -> None:
+        self.call(lambda client: client.subscribe(channel))
+
+    def publish(self, channel: str, data: object) -> None:
+        self.call(lambda client: client.publish(channel, data))
 
     def close(self) -> None:
         """Close the client and wait for its thread (bounded)."""

@@ -97,7 +97,7 @@ class ServerProcess:
 
     def attempts(self) -> list[float]:
         """The ``attempt <time>`` lines printed so far (refusing_server)."""
-        found = []
+        found: list[float] = []
         while True:
             try:
                 _, line = self.child.lines.get_nowait()

@@ -6,8 +6,10 @@ verify) or must wait (503 with Retry-After)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import trio
 import trustme
 
 from tests.client.runners import DRIVERS, Runner, runner
@@ -27,6 +30,8 @@ from tests.client.servers import (
 )
 from wslifecycle.client import ReconnectPolicy, client_config
 from wslifecycle.drivers.asyncio import ClientStopped
+from wslifecycle.drivers.asyncio import connect as asyncio_connect
+from wslifecycle.drivers.trio import connect as trio_connect
 
 FAST = ReconnectPolicy(base_delay=0.05, max_delay=0.4)
 
@@ -79,7 +84,7 @@ def echo_both_ways(client: Runner) -> None:
     frames (wslifecycle's 'subscribed' etc.) skipped where a server adds them."""
     sent: list[str | bytes] = ["hello", "", "é" * 1000, b"\x00\x01\xff", os.urandom(200_000)]
     for message in sent:
-        client.call(lambda c, m=message: c.send(m))
+        client.send(message)
     for message in sent:
         assert client.recv(10) == message
 
@@ -90,21 +95,20 @@ def test_echo_on_each_server(driver: str, echo_server: ServerProcess) -> None:
         assert client.connected
         echo_both_ways(client)
         # A relay request the three servers all answer (subscribe, publish).
-        client.call(lambda c: c.subscribe("room"))
+        client.subscribe("room")
         assert json.loads(client.recv())["type"] == "subscribed"
-        client.call(lambda c: c.publish("room", {"n": 1}))
+        client.publish("room", {"n": 1})
         replies = [json.loads(client.recv()) for _ in range(2)]
         message = next(r for r in replies if r["type"] == "message")
         assert (message["channel"], message["data"]) == ("room", {"n": 1})
         assert client.call(lambda c: c.connections) == 1
-    assert client.stopped is not None and client.stopped.outcome.local
+    assert client.stopped is not None
+    assert client.stopped.outcome.local
     assert client.record.retries == []
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_wss_with_the_given_context(
-    driver: str, tls_server: ServerProcess, ca: trustme.CA
-) -> None:
+def test_wss_with_the_given_context(driver: str, tls_server: ServerProcess, ca: trustme.CA) -> None:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     with runner(driver, tls_server.url(scheme="wss"), ssl=context) as client:
@@ -121,7 +125,8 @@ def test_a_certificate_that_does_not_verify_stops_with_1015(
         client.start()
     assert raised.value.outcome.code == 1015
     assert "certificate" in raised.value.outcome.reason
-    assert client.record.retries == [] and client.record.connects == []
+    assert client.record.retries == []
+    assert client.record.connects == []
 
 
 # ----------------------------------------------------------- no coming back
@@ -163,7 +168,8 @@ def test_503_with_retry_after_is_honoured(driver: str) -> None:
             echo_both_ways(client)
         (_, retry), *more = client.record.retries
         assert more == []
-        assert retry.outcome.status == 503 and retry.outcome.retry_after == 1.0
+        assert retry.outcome.status == 503
+        assert retry.outcome.retry_after == 1.0
         assert 1.0 <= retry.delay <= 1.0 + FAST.window(0)
         first, second = server.attempts()
         assert second - first >= 1.0  # measured on the server's clock
@@ -178,7 +184,50 @@ def test_close_leaves_no_thread_or_descriptor(driver: str, echo_server: ServerPr
     threads, fds = threading.active_count(), open_fds()
     for _ in range(3):
         with runner(driver, echo_server.url(), config=client_config(close_timeout=2.0)) as client:
-            client.call(lambda c: c.send("ping"))
+            client.send("ping")
             assert client.recv() == "ping"
     assert threading.active_count() == threads
     assert open_fds() == fds
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_refused_dials_stop_after_max_attempts(driver: str) -> None:
+    policy = ReconnectPolicy(base_delay=0.01, max_delay=0.02, max_attempts=3)
+    client = runner(driver, f"ws://127.0.0.1:{free_port()}/", policy=policy)
+    with pytest.raises(ClientStopped) as raised:
+        client.start()
+    outcome = raised.value.outcome
+    assert outcome.code == 1006
+    assert "refused" in outcome.reason.lower()
+    assert [retry.attempt for _, retry in client.record.retries] == [0, 1, 2]
+    assert "gave up after 3 retries" in raised.value.stop.reason
+
+
+def test_an_outer_timeout_while_retrying_leaves_nothing_behind() -> None:
+    """asyncio: connect() under asyncio.timeout with no server: the timeout
+    wins, and the client's task is gone with it."""
+
+    async def main() -> int:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await asyncio_connect(f"ws://127.0.0.1:{free_port()}/", policy=FAST)
+        return len(asyncio.all_tasks()) - 1  # all but this one
+
+    assert asyncio.run(main()) == 0
+
+
+def test_a_trio_cancel_while_retrying_leaves_nothing_behind() -> None:
+    async def main() -> None:
+        with trio.move_on_after(0.3) as scope:
+            async with trio_connect(f"ws://127.0.0.1:{free_port()}/", policy=FAST):
+                pytest.fail("connected to nothing")
+        assert scope.cancelled_caught
+
+    trio.run(main)
