@@ -269,14 +269,18 @@ class Client:
             )
         )
         closing = asyncio.ensure_future(self._closing.wait())
+        waited = False
         try:
             await asyncio.wait((dial, closing), return_when=asyncio.FIRST_COMPLETED)
+            waited = True
         finally:
             for job in (dial, closing):
                 if not job.done():
                     job.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await job
+            if not waited and _succeeded(dial):  # cancelled just as it connected
+                dial.result()[1].abort()
         if not dial.done() or dial.cancelled():
             return None
         _, protocol = dial.result()  # raises the dial's error
@@ -332,6 +336,10 @@ class Client:
         self._armed_changes = -1
         self._flush()
         self._arm()
+
+
+def _succeeded(dial: asyncio.Future[tuple[asyncio.Transport, _Protocol]]) -> bool:
+    return dial.done() and not dial.cancelled() and dial.exception() is None
 
 
 class Connecting:

@@ -400,9 +400,8 @@ class Client:
         with self._changed:
             self._flush(wire, connection, time.monotonic())
         while connection.sock is not None:
-            self._watch(wire, connection)
             data: bytes | None = None
-            for key, mask in self._selector.select(self._timeout(connection)):
+            for key, mask in self._selector.select(self._prepare(wire, connection)):
                 if key.fileobj is self._wake_recv:
                     self._clear_wakeups()
                     continue
@@ -418,16 +417,17 @@ class Client:
                 self._flush(wire, connection, now)
                 self._changed.notify_all()
 
-    def _timeout(self, connection: _Connection) -> float | None:
-        wakeup = self._core.session.scheduler.next_wakeup()
-        if connection.closing_at is not None:
-            wakeup = connection.closing_at if wakeup is None else min(wakeup, connection.closing_at)
-        return None if wakeup is None else max(0.0, wakeup - time.monotonic())
-
-    def _watch(self, wire: ClientConnection, connection: _Connection) -> None:
+    def _prepare(self, wire: ClientConnection, connection: _Connection) -> float | None:
+        """Select the socket for what the wire wants; the ``select`` timeout
+        (to the next wake-up, or the end of a lingering close)."""
         with self._lock:
             reading = connection.closing_at is None and not wire.reading_paused
             connection.watch((_READ if reading else 0) | (_WRITE if connection.out else 0))
+            wakeup = self._core.session.scheduler.next_wakeup()
+        closing_at = connection.closing_at
+        if closing_at is not None:
+            wakeup = closing_at if wakeup is None else min(wakeup, closing_at)
+        return None if wakeup is None else max(0.0, wakeup - time.monotonic())
 
     @staticmethod
     def _recv(connection: _Connection) -> bytes | None:
