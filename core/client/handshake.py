@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import email.utils
 
 import h11
 from wsproto.utilities import generate_accept_token
+
+from .httpdate import http_date_seconds
 
 __all__ = ["Refused", "ResponseReader", "Upgraded", "render_request", "retry_after_seconds"]
 
@@ -169,17 +170,14 @@ def retry_after_seconds(value: str, wall_time: float | None) -> float | None:
     """``Retry-After`` (RFC 9110 §10.2.3) in seconds from now: delay-seconds,
     or an HTTP-date when the wall clock is known. None if unreadable."""
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²", which isdigit() too
         return float(int(value))
     if wall_time is None:
         return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    when = http_date_seconds(value)
+    if when is None:
         return None
-    if when.tzinfo is None:  # an HTTP-date is always GMT; a bare one is not one
-        return None
-    return max(0.0, when.timestamp() - wall_time)
+    return max(0.0, when - wall_time)
 
 
 def _field(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
