@@ -231,3 +231,18 @@ def test_a_trio_cancel_while_retrying_leaves_nothing_behind() -> None:
         assert scope.cancelled_caught
 
     trio.run(main)
+
+
+def test_awaiting_connect_gives_the_connected_client(echo_server: ServerProcess) -> None:
+    async def main() -> None:
+        client = await asyncio_connect(echo_server.url())
+        try:
+            await client.send("awaited")
+            assert await client.recv() == "awaited"
+        finally:
+            await client.close()
+        assert client.stopped is not None
+        with pytest.raises(ClientStopped):
+            await client.recv()
+
+    asyncio.run(main())
