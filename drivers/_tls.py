@@ -65,7 +65,9 @@ def describe(error: ssl.SSLError) -> str:
 
 
 class TlsSession:
-    """One server-side TLS session over memory buffers: no socket, no clock.
+    """One TLS session over memory buffers: no socket, no clock. Server-side,
+    or client-side with ``server_hostname`` (the selector driver's client:
+    :meth:`start` gives its first flight).
 
     ``receive(ciphertext)`` → plaintext; ``encrypt(plaintext)`` →
     ciphertext; ``data_to_send()``: the session's own records (handshake,
@@ -74,14 +76,29 @@ class TlsSession:
 
     __slots__ = ("_done", "_incoming", "_object", "_outgoing", "_pending", "established")
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext, server_hostname: str | None = None) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._object = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._object = context.wrap_bio(
+            self._incoming,
+            self._outgoing,
+            server_side=server_hostname is None,
+            server_hostname=server_hostname,
+        )
         #: The handshake finished.
         self.established = False
         self._pending = bytearray()
         self._done = False  # failed, or closed by us: nothing more in or out
+
+    def start(self) -> bytes:
+        """A client's first flight (its ClientHello), to write at once."""
+        try:
+            self._object.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        else:  # pragma: no cover - a handshake needs the server's answer
+            self.established = True
+        return self._outgoing.read()
 
     def receive(self, data: bytes) -> tuple[bytes, bool]:
         """Ciphertext in; the plaintext it completes, and whether the peer

@@ -39,6 +39,7 @@ from wslifecycle.handshake import Accept, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
 
+from ._asyncio_client import Client, ClientStopped, Connecting, connect
 from ._common import (
     HubOptions,
     ServerBase,
@@ -62,10 +63,14 @@ from ._listen import check_address, listen_error, listen_unix, tcp_where
 from ._tls import TlsSession, check_context, feed_wire
 
 __all__ = [
+    "Client",
+    "ClientStopped",
+    "Connecting",
     "Connection",
     "Handler",
     "Server",
     "Serving",
+    "connect",
     "echo_handler",
     "relay_handler",
     "serve",

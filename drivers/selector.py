@@ -95,9 +95,20 @@ from ._common import (
     reset_socket,
 )
 from ._listen import check_address, listen_error, listen_unix, tcp_where
+from ._selector_client import Client, ClientStopped, connect
 from ._tls import TlsSession, check_context, feed_wire
 
-__all__ = ["Connection", "Handler", "Server", "echo_handler", "relay_handler", "serve"]
+__all__ = [
+    "Client",
+    "ClientStopped",
+    "Connection",
+    "Handler",
+    "Server",
+    "connect",
+    "echo_handler",
+    "relay_handler",
+    "serve",
+]
 
 T = TypeVar("T")
 Handler = Callable[["Connection"], None]

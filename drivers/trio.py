@@ -86,12 +86,16 @@ from ._coroutine import (
 )
 from ._listen import check_address, listen_error, listen_unix, tcp_where
 from ._tls import check_context, describe
+from ._trio_client import Client, ClientStopped, connect
 
 __all__ = [
+    "Client",
+    "ClientStopped",
     "Connection",
     "Handler",
     "Server",
     "Serving",
+    "connect",
     "echo_handler",
     "relay_handler",
     "serve",

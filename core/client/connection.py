@@ -268,13 +268,12 @@ class ClientConnection:
         self.pump(now)
         if self._ended:
             return
-        response = self._response
-        if response is not None:  # before any answer
+        if self._response is not None:
+            # Before any answer: no HTTP status to judge (a server killed or
+            # restarting with our request in its backlog), so no refusal:
+            # a lost transport, 1006, which reconnects.
             self._response = None
-            verdict = response.feed(b"")
-            assert isinstance(verdict, Refused)
-            self._judge(verdict, now)
-            self.pump(now)
+            self.transport_lost(now, "the server closed the connection before answering")
             return
         self.transport_lost(now, "eof")
 

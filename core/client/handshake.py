@@ -18,11 +18,12 @@ The response head is bounded by ``max_header_bytes``, like a request's.
 from __future__ import annotations
 
 import base64
-import calendar
 import dataclasses
 
 import h11
 from wsproto.utilities import generate_accept_token
+
+from .httpdate import http_date_seconds
 
 __all__ = ["Refused", "ResponseReader", "Upgraded", "render_request", "retry_after_seconds"]
 
@@ -167,37 +168,16 @@ class ResponseReader:
 
 def retry_after_seconds(value: str, wall_time: float | None) -> float | None:
     """``Retry-After`` (RFC 9110 §10.2.3) in seconds from now: delay-seconds,
-    or an IMF-fixdate HTTP-date when the wall clock is known. None if
-    unreadable."""
+    or an HTTP-date when the wall clock is known. None if unreadable."""
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²", which isdigit() too
         return float(int(value))
     if wall_time is None:
         return None
-    when = _http_date(value)
-    return None if when is None else max(0.0, when - wall_time)
-
-
-_MONTHS = {name: number for number, name in enumerate(calendar.month_abbr) if name}
-
-
-def _http_date(value: str) -> float | None:
-    """Seconds since the epoch of an IMF-fixdate, "Sun, 06 Nov 1994 08:49:37
-    GMT" (the form every server sends; email.utils would read more, but it
-    imports ``socket``)."""
-    parts = value.split()
-    if len(parts) != 6 or parts[5] != "GMT" or not parts[0].endswith(","):
+    when = http_date_seconds(value)
+    if when is None:
         return None
-    _, day, month, year, clock, _ = parts
-    hms = clock.split(":")
-    if month not in _MONTHS or len(hms) != 3 or not all(p.isdigit() for p in (day, year, *hms)):
-        return None
-    try:
-        return float(
-            calendar.timegm((int(year), _MONTHS[month], int(day), *map(int, hms), 0, 0, 0))
-        )
-    except (ValueError, OverflowError):  # year 0, a year past 9999
-        return None
+    return max(0.0, when - wall_time)
 
 
 def _field(headers: tuple[tuple[str, str], ...], name: str) -> str | None:

@@ -149,14 +149,18 @@ class ClientSession:
         return self.wire
 
     def upgraded(self, now: float) -> None:
-        """The wire reported ``AcceptUpgrade``: send every subscription again."""
+        """The wire reported ``AcceptUpgrade``: send every subscription again.
+        A server may close right after its 101, in the same read: by the time
+        the driver acts on AcceptUpgrade the wire may have left ACTIVE; the
+        connection still counts, and nothing is sent on it."""
         wire = self.wire
         assert wire is not None
-        assert wire.state is State.ACTIVE
         self.connections += 1
         self.reconnector.connected(now)
-        for request in self.subscriptions.connected():
-            wire.send(request, now)
+        requests = self.subscriptions.connected()
+        if wire.state is State.ACTIVE:
+            for request in requests:
+                wire.send(request, now)
 
     def ended(self, now: float) -> Retry | Stop:
         """The current connection is CLOSED: what next."""

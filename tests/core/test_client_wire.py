@@ -412,13 +412,13 @@ def test_an_answer_that_is_not_http_is_refused_with_status_0(
         assert verdict.reason.startswith("malformed HTTP response")
 
 
-def test_eof_before_the_answer_is_a_status_0_refusal() -> None:
+def test_eof_before_the_answer_is_a_lost_transport_that_reconnects() -> None:
     client = ClientConnection(
         Scheduler(client_config(), seeded_entropy(1)), 0.0, parse_url("ws://h/"), random_bytes=bytes
     )
     client.receive_eof(0.5)
     assert client.outcome == Outcome(
-        status=0, reason="the server closed the connection before answering"
+        code=1006, reason="the server closed the connection before answering"
     )
     assert client.ended
 
@@ -435,7 +435,6 @@ def test_retry_after_in_seconds_or_as_an_http_date() -> None:
     assert retry_after_seconds("Wed, 21 Foo 2015 07:28:00 GMT", 0.0) is None
     assert retry_after_seconds("Wed 21 Oct 2015 07:28:00 GMT", 0.0) is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28 GMT", 0.0) is None
-    assert retry_after_seconds("Wed, 21 Oct 0000 07:28:00 GMT", 0.0) is None
     assert retry_after_seconds("-5", 0.0) is None
 
 
