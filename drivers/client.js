@@ -44,7 +44,7 @@
 //   openTimeout        10: an attempt not open by then has failed
 //   protocols          WebSocket subprotocols
 //
-// Reconnect policy (the same as the Python client's). A retry follows a
+// Reconnect policy (the same as the Python client's: core/client/policy.py). A retry follows a
 // drop after a delay drawn uniformly from
 // [0, min(maxDelay, baseDelay * 2^n)] ("full jitter"), n counting the
 // retries since the last connection that stayed open resetAfter seconds

@@ -10,7 +10,7 @@
   with the process and the client is told so by a drift.
 
 Every wait is bounded and waits on what happens; the measured figures are
-printed (``pytest -s``) for docs/client-drivers.md.
+printed (``pytest -s``) for docs/client.md ("Measured").
 """
 
 from __future__ import annotations
