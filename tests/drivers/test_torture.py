@@ -89,7 +89,10 @@ def test_hostile_clients_get_the_right_answer_and_leave_nothing_behind(driver: s
 
             _settle(server, fds)
             gc.collect()
-            assert open_fds() == fds
+            # Not more than before: a leak adds descriptors. (Fewer is no
+            # leak: sockets of round one, or of an earlier test, that were
+            # still closing at the baseline may finish meanwhile.)
+            assert open_fds() <= fds
             assert worker_count(server) == workers
             assert threading.active_count() == threads
             leaked = tracemalloc.get_traced_memory()[0] - memory
