@@ -22,7 +22,7 @@ from typing import Any, Unpack, cast
 
 from wslifecycle.client import ClientConnection, Retry, Stop
 
-from ._client import ClientCore, ClientOptions, ClientStopped
+from ._client import ClientCore, ClientOptions, ClientState, ClientStopped
 from ._common import reset_socket
 
 __all__ = ["Client", "ClientStopped", "Connecting", "connect"]
@@ -89,7 +89,7 @@ class _Protocol(asyncio.Protocol):
             transport.abort()
 
 
-class Client:
+class Client(ClientState):
     """A client across its reconnects (see :func:`connect`)."""
 
     def __init__(self, core: ClientCore) -> None:
@@ -103,28 +103,6 @@ class Client:
         self._changed = asyncio.Event()  # a message, a connection, the end
         self._closing = asyncio.Event()  # close() was called: stop dialing or waiting
         self._finished = False
-
-    # ------------------------------------------------------------- what it is
-
-    @property
-    def connected(self) -> bool:
-        """True while a connection is up (``send`` works)."""
-        return self._core.session.connected
-
-    @property
-    def latency(self) -> float | None:
-        """The last pong's round-trip time in seconds (None before the first)."""
-        return self._core.latency
-
-    @property
-    def connections(self) -> int:
-        """Connections made so far (upgrades that succeeded)."""
-        return self._core.session.connections
-
-    @property
-    def stopped(self) -> Stop | None:
-        """Why the client will not reconnect (None while it may)."""
-        return self._core.stopped
 
     # -------------------------------------------------------- the application
 

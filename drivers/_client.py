@@ -360,3 +360,30 @@ class ClientCore:
             callback(*args)
         except Exception:
             log.exception("client callback %r failed", callback)
+
+
+class ClientState:
+    """What an asyncio or Trio client says about itself, read from its
+    :class:`ClientCore` (the blocking client reads the same under its lock)."""
+
+    _core: ClientCore
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is up (``send`` works)."""
+        return self._core.session.connected
+
+    @property
+    def latency(self) -> float | None:
+        """The last pong's round-trip time in seconds (None before the first)."""
+        return self._core.latency
+
+    @property
+    def connections(self) -> int:
+        """Connections made so far (upgrades that succeeded)."""
+        return self._core.session.connections
+
+    @property
+    def stopped(self) -> Stop | None:
+        """Why the client will not reconnect (None while it may)."""
+        return self._core.stopped

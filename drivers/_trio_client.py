@@ -27,7 +27,7 @@ import trio
 
 from wslifecycle.client import ClientConnection, Retry, Stop
 
-from ._client import ClientCore, ClientOptions, ClientStopped
+from ._client import ClientCore, ClientOptions, ClientState, ClientStopped
 from ._common import reset_socket
 
 __all__ = ["Client", "ClientStopped", "connect"]
@@ -116,7 +116,7 @@ class _Connection:
                 await self.writer_wakeup.wait()
 
 
-class Client:
+class Client(ClientState):
     """A client across its reconnects (see :func:`connect`)."""
 
     def __init__(self, core: ClientCore) -> None:
@@ -129,28 +129,6 @@ class Client:
         self._done = trio.Event()  # the session's task has ended
         self._finished = False
         self._failure: BaseException | None = None
-
-    # ------------------------------------------------------------- what it is
-
-    @property
-    def connected(self) -> bool:
-        """True while a connection is up (``send`` works)."""
-        return self._core.session.connected
-
-    @property
-    def latency(self) -> float | None:
-        """The last pong's round-trip time in seconds (None before the first)."""
-        return self._core.latency
-
-    @property
-    def connections(self) -> int:
-        """Connections made so far (upgrades that succeeded)."""
-        return self._core.session.connections
-
-    @property
-    def stopped(self) -> Stop | None:
-        """Why the client will not reconnect (None while it may)."""
-        return self._core.stopped
 
     # -------------------------------------------------------- the application
 

@@ -40,7 +40,6 @@ from collections.abc import Callable
 
 from ..actions import (
     AcceptUpgrade,
-    Action,
     Alert,
     CloseTransport,
     DeliverMessage,
@@ -56,9 +55,9 @@ from ..actions import (
 )
 from ..causes import TerminationCause
 from ..heartbeat import heartbeat_echo_id
-from ..inbox import Inbox
 from ..scheduler import Scheduler
 from ..transitions import State
+from ..wire.base import WireBase
 from ..wire.frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -91,18 +90,15 @@ _TERMINATED_CODES = {
 }
 
 
-class ClientConnection:
+class ClientConnection(WireBase):
     """The wire of one client-side connection: the handshake, masked frames,
     the lifecycle."""
 
     __slots__ = (
-        "_actions",
         "_close_sent",
         "_ended",
         "_error",
-        "_inbox",
         "_mask",
-        "_out",
         "_peer_close",
         "_random_bytes",
         "_reader",
@@ -111,13 +107,11 @@ class ClientConnection:
         "answer_pings",
         "answered_at",
         "heartbeats_received",
-        "lifecycle",
         "pings_received",
         "refusal",
         "response_headers",
         "subprotocol",
         "target",
-        "write_buffer_size",
     )
 
     def __init__(
@@ -152,7 +146,7 @@ class ClientConnection:
             origin=origin,
             headers=headers,
         )
-        self.lifecycle = scheduler.open(now)
+        super().__init__(scheduler.open(now))
         self._response: ResponseReader | None = ResponseReader(
             key,
             subprotocols=subprotocols,
@@ -160,9 +154,7 @@ class ClientConnection:
             wall_time=wall_time,
         )
         self._reader: FrameReader | None = None
-        self._out: list[bytes] = [request]
-        self._actions: list[Action] = []
-        self._inbox: Inbox | None = None
+        self._out.append(request)
         self._peer_close: tuple[int | None, str] | None = None
         self._close_sent = False
         self._ended = False
@@ -180,8 +172,6 @@ class ClientConnection:
         self.heartbeats_received = 0
         #: The ``now`` of the last pong or heartbeat echo queued (None: none yet).
         self.answered_at: float | None = None
-        #: Bytes the transport still holds unsent; the driver keeps it current.
-        self.write_buffer_size = 0
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.target.url} {self.lifecycle.state.value}>"
@@ -203,20 +193,10 @@ class ClientConnection:
         return self.lifecycle.latency
 
     @property
-    def reading_paused(self) -> bool:
-        """True while the driver must not read the socket (the application is behind)."""
-        return self.lifecycle.reading_paused
-
-    @property
     def peer_close(self) -> tuple[int | None, str] | None:
         """The server's close frame (code, None if it carried none; reason),
         once one was read."""
         return self._peer_close
-
-    @property
-    def buffered(self) -> int:
-        """Outbound bytes not yet written: ours plus the transport's."""
-        return self.write_buffer_size + sum(map(len, self._out))
 
     @property
     def outcome(self) -> Outcome | None:
@@ -315,35 +295,7 @@ class ClientConnection:
         self.lifecycle.close(now, code, reason)
         self.pump(now)
 
-    def take_message(self, now: float) -> str | bytes | None:
-        """The next message from the server (None: none waiting)."""
-        inbox = self._inbox
-        if inbox is None:
-            return None
-        message = inbox.take()
-        lifecycle = self.lifecycle
-        if lifecycle.reading_paused and inbox.caught_up:
-            lifecycle.resume_reading(now)
-        return message
-
     # ----------------------------------------------------------------- output
-
-    def data_to_send(self) -> bytes:
-        """Every byte to write, in order; the buffer empties."""
-        out = self._out
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
-
-    def take_actions(self) -> list[Action]:
-        """What the driver must do, in order; the queue empties."""
-        actions = self._actions
-        if not actions:
-            return []
-        self._actions = []
-        return actions
 
     def pump(self, now: float) -> None:
         """Turn the lifecycle's queued actions into bytes, messages and
@@ -360,12 +312,7 @@ class ClientConnection:
                     else:
                         self._frame(OP_BINARY, data)
                 elif isinstance(action, DeliverMessage):
-                    inbox = self._inbox
-                    if inbox is None:
-                        config = self._scheduler.config
-                        self._inbox = inbox = Inbox(config.inbox_high_water, config.inbox_low_water)
-                    if inbox.put(action.data):
-                        lifecycle.pause_reading(now)
+                    self._deliver(action.data, now, self._scheduler.config)
                 elif isinstance(action, SendPing):
                     self._frame(OP_PING, action.payload)
                 elif isinstance(action, SendClose):

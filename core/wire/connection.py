@@ -49,7 +49,6 @@ from wsproto.utilities import generate_accept_token
 
 from ..actions import (
     AcceptUpgrade,
-    Action,
     Alert,
     CloseTransport,
     DeliverMessage,
@@ -67,9 +66,9 @@ from ..actions import (
 from ..causes import AlertKind, TerminationCause
 from ..forwarded import trusted_proxies
 from ..handshake import Accept, Address, HandshakeRequest, Headers, Reject
-from ..inbox import Inbox
 from ..scheduler import Scheduler
 from ..transitions import State
+from .base import WireBase
 from .deflate import BoundedPerMessageDeflate
 from .frames import (
     OP_BINARY,
@@ -139,13 +138,16 @@ def health_responder(scheduler: Scheduler) -> PlainResponder:
     return respond
 
 
-class ServerConnection:
-    """The wire of one server-side connection: h11 + wsproto + the lifecycle."""
+class ServerConnection(WireBase):
+    """The wire of one server-side connection: h11 + wsproto + the lifecycle.
+
+    :meth:`take_actions` hands the driver only ``HandshakeRequested``,
+    ``AcceptUpgrade``, ``RejectUpgrade``, ``CloseTransport``, ``Terminate``,
+    ``StateChanged`` and ``Alert``."""
 
     __slots__ = (
         "__weakref__",  # the hub tracks closing sockets without keeping them
         "_accept",
-        "_actions",
         "_awaiting_answer",
         "_close_sent",
         "_config",
@@ -153,9 +155,7 @@ class ServerConnection:
         "_ended",
         "_extensions",
         "_http",
-        "_inbox",
         "_on_closed",
-        "_out",
         "_peer_close",
         "_reader",
         "_refusal",
@@ -165,11 +165,9 @@ class ServerConnection:
         "_upgrade",
         "_writer",
         "context",
-        "lifecycle",
         "peer_address",
         "request",
         "subprotocol",
-        "write_buffer_size",
     )
 
     def __init__(
@@ -197,7 +195,7 @@ class ServerConnection:
         passed the origin policy to the caller (``HandshakeRequested``)
         instead of accepting it. ``plain_only``: answer the plain HTTP
         endpoints only, never upgrade (a metrics port)."""
-        self.lifecycle = scheduler.open(now)
+        super().__init__(scheduler.open(now))
         self._config = scheduler.config
         self._http: RequestReader | None = RequestReader(
             scheduler.config, pages, plain_only=plain_only
@@ -215,9 +213,6 @@ class ServerConnection:
         self._upgrade: UpgradeRequest | None = None
         self._accept: Accept | None = None
         self._peer_close: tuple[int | None, str] | None = None
-        self._out: list[bytes] = []
-        self._actions: list[Action] = []
-        self._inbox: Inbox | None = None  # made with the first message
         self._ended = False
         self._close_sent = False
         #: The socket's peer (a proxy, behind one), as the driver gave it.
@@ -228,9 +223,6 @@ class ServerConnection:
         self.subprotocol: str | None = None
         #: What the handshake hook's ``Accept(context=...)`` gave (None otherwise).
         self.context: object = None
-        #: Bytes the transport still holds unsent; the driver keeps it current.
-        #: It feeds the write-buffer guard and the STATE_DRIFT notice rule.
-        self.write_buffer_size = 0
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.lifecycle.id} {self.lifecycle.state.value}>"
@@ -287,26 +279,10 @@ class ServerConnection:
         return self._ended
 
     @property
-    def reading_paused(self) -> bool:
-        """True while the driver must not read the socket (the handler is behind)."""
-        return self.lifecycle.reading_paused
-
-    @property
-    def messages_waiting(self) -> int:
-        """Messages queued for the handler."""
-        inbox = self._inbox
-        return len(inbox) if inbox is not None else 0
-
-    @property
     def inbound_buffered(self) -> int:
         """Input bytes held for a frame or message still arriving (bounded by
         the message cap plus one read)."""
         return self._reader.buffered if self._reader is not None else 0
-
-    @property
-    def buffered(self) -> int:
-        """Outbound bytes not yet written: ours plus the transport's."""
-        return self.write_buffer_size + sum(map(len, self._out))
 
     # ------------------------------------------------------ the transport's inputs
 
@@ -389,18 +365,6 @@ class ServerConnection:
 
     # -------------------------------------------------------- the handler's inputs
 
-    def take_message(self, now: float) -> str | bytes | None:
-        """The handler's next message (None: none waiting). Taking the queue
-        down to ``inbox_low_water`` resumes reading."""
-        inbox = self._inbox
-        if inbox is None:
-            return None
-        message = inbox.take()
-        lifecycle = self.lifecycle
-        if lifecycle.reading_paused and inbox.caught_up:
-            lifecycle.resume_reading(now)
-        return message
-
     def drop_messages(self, now: float) -> int:
         """Forget the queued messages (nobody will answer them); how many.
         Reading resumes."""
@@ -443,26 +407,6 @@ class ServerConnection:
 
     # ----------------------------------------------------------------- output
 
-    def data_to_send(self) -> bytes:
-        """Every byte to write, in order; the buffer empties."""
-        out = self._out
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
-
-    def take_actions(self) -> list[Action]:
-        """What the driver must do, in order; the queue empties. Only
-        ``AcceptUpgrade``, ``RejectUpgrade``, ``CloseTransport``,
-        ``Terminate``, ``StateChanged`` and ``Alert`` reach it: bytes are in
-        :meth:`data_to_send`, messages in :meth:`take_message`."""
-        actions = self._actions
-        if not actions:
-            return []
-        self._actions = []
-        return actions
-
     def pump(self, now: float) -> None:
         """Turn the lifecycle's queued actions into bytes, messages and
         driver actions. Every input calls it; the hub calls it after a timer."""
@@ -475,12 +419,7 @@ class ServerConnection:
                 if isinstance(action, SendMessage):
                     out.append(self._message(action.data))
                 elif isinstance(action, DeliverMessage):
-                    inbox = self._inbox
-                    if inbox is None:
-                        config = self._config
-                        self._inbox = inbox = Inbox(config.inbox_high_water, config.inbox_low_water)
-                    if inbox.put(action.data):
-                        lifecycle.pause_reading(now)  # only while ACTIVE
+                    self._deliver(action.data, now, self._config)
                 elif isinstance(action, SendPing):
                     out.append(encode_frame(OP_PING, action.payload))
                 elif isinstance(action, SendHeartbeat | SendStateDrift):
