@@ -6,7 +6,7 @@ can SIGSTOP it, kill it, and start another on the same port):
   (``tests/bench/peers/websockets_server.py``, ``tests/bench/node/ws_server.js``;
   the latter loads `ws` from the test peers' ``node_modules``);
 * ``tests/client/refusing_server.py`` (1008 after the upgrade, or 503 with
-  Retry-After).
+  Retry-After) and ``refusing_server.js`` (Node ws: 1008).
 
 Children are ``tests.bench._procs.Child``: killed with the test process,
 stderr kept in a file and shown when a start fails.
@@ -31,6 +31,7 @@ from tests.bench._procs import Child
 __all__ = [
     "NODE_MODULES",
     "ServerProcess",
+    "node_refusing_server",
     "node_server",
     "refusing_server",
     "websockets_server",
@@ -142,6 +143,16 @@ def node_server(*flags: str) -> ServerProcess:
         pytest.skip("node and tests/peers/node/node_modules/ws are needed (bash .ci/setup)")
     env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
     return ServerProcess("node-ws", [node, str(NODE_SERVER), "--port", "0", *flags], env)
+
+
+def node_refusing_server() -> ServerProcess:
+    """tests/client/refusing_server.js: Node ws, 1008 after the upgrade."""
+    node = shutil.which("node")
+    if node is None or not (NODE_MODULES / "ws").is_dir():
+        pytest.skip("node and tests/peers/node/node_modules/ws are needed (bash .ci/setup)")
+    env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+    script = ROOT / "tests" / "client" / "refusing_server.js"
+    return ServerProcess("refusing-node", [node, str(script), "--port", "0"], env)
 
 
 def refusing_server(mode: str, *flags: str) -> ServerProcess:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as websockets_connect
 
 from tests.client.runners import DRIVERS, Runner, runner
-from tests.client.servers import ServerProcess, wsl_serve
+from tests.client.servers import ServerProcess, node_server, websockets_server, wsl_serve
 from tests.fleet.nodes import wait_until
 from tests.fleet.redis_server import RedisServer, find_redis_server
 from wslifecycle.client import ReconnectPolicy, Retry, client_config
@@ -52,6 +52,15 @@ def serve(*flags: str) -> ServerProcess:
     return wsl_serve(
         "--allow-no-origin", "--heartbeat-interval", "0.5", "--max-missed-pongs", "2", *flags
     )
+
+
+#: The three servers, each pinging every 0.5 s: wslifecycle's missed-pong
+#: rule, websockets' ping timeout (1 s), Node ws's README pattern.
+SERVERS: dict[str, Callable[[], ServerProcess]] = {
+    "wslifecycle": lambda: serve(),
+    "websockets": lambda: websockets_server("--ping-interval", "0.5", "--ping-timeout", "1"),
+    "node-ws": lambda: node_server("--interval-ms", "500"),
+}
 
 
 def echo(client: Runner, text: str) -> None:
@@ -112,8 +121,14 @@ def reconnected(client: Runner, count: int, timeout: float) -> float:
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_a_stopped_server_is_declared_dead_and_the_client_comes_back(driver: str) -> None:
-    with serve() as server, runner(driver, server.url(), config=CONFIG, policy=POLICY) as client:
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+def test_a_stopped_server_is_declared_dead_and_the_client_comes_back(
+    kind: str, driver: str
+) -> None:
+    with (
+        SERVERS[kind]() as server,
+        runner(driver, server.url(), config=CONFIG, policy=POLICY) as client,
+    ):
         echo(client, "before")
         first = stop_and_detect(server, client)
         continued = time.monotonic()
@@ -129,7 +144,7 @@ def test_a_stopped_server_is_declared_dead_and_the_client_comes_back(driver: str
         echo(client, "replaced")
         check_delays(client.record.retries)
     report(
-        f"{driver}: dead server",
+        f"{driver} against {kind}: dead server",
         {
             "detected_s": f"{first:.3f}/{second:.3f}",
             "bound_s": f"{DETECTION_BOUND:.3f}",
@@ -143,6 +158,35 @@ def test_a_stopped_server_is_declared_dead_and_the_client_comes_back(driver: str
 
 
 # ------------------------------------------------------------------ restarts
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("kind", ["node-ws", "websockets"])
+def test_a_restarted_server_is_redialled_with_jittered_delays(kind: str, driver: str) -> None:
+    """Killed and started again on its port: the client retries in growing
+    windows while it is down, and is back once it listens (wslifecycle's
+    own restarts, with resume, are below)."""
+    with (
+        SERVERS[kind]() as server,
+        runner(driver, server.url(), config=CONFIG, policy=POLICY) as client,
+    ):
+        echo(client, "before")
+        server.kill()
+        client.record.wait(lambda: len(client.record.retries) >= 4, 10, "4 retries")
+        server.restart()
+        listening = time.monotonic()
+        back = reconnected(client, 2, POLICY.max_delay + 5) - listening
+        echo(client, "after")
+        check_delays(client.record.retries)
+        assert [retry.attempt for _, retry in client.record.retries[:4]] == [0, 1, 2, 3]
+    report(
+        f"{driver} against {kind}: restart",
+        {
+            "back_after_restart_s": f"{max(back, 0):.3f}",
+            "delays_s": [round(r.delay, 3) for _, r in client.record.retries],
+        },
+    )
+    assert back <= POLICY.max_delay + RECONNECT_MARGIN
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import trustme
 from tests.client.runners import DRIVERS, Runner, runner
 from tests.client.servers import (
     ServerProcess,
+    node_refusing_server,
     node_server,
     refusing_server,
     websockets_server,
@@ -145,8 +146,11 @@ def test_a_403_stops_before_any_connection(driver: str, strict_server: ServerPro
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_a_1008_after_the_upgrade_is_not_retried(driver: str) -> None:
-    with refusing_server("policy") as server:
+@pytest.mark.parametrize("kind", ["node-ws", "websockets"])
+def test_a_1008_after_the_upgrade_is_not_retried(kind: str, driver: str) -> None:
+    """(wslifecycle serve refuses by policy at the upgrade, 403: above.)"""
+    start = node_refusing_server if kind == "node-ws" else lambda: refusing_server("policy")
+    with start() as server:
         client = runner(driver, server.url(), policy=FAST).start()
         try:
             assert client.wait_ended() == []
