@@ -262,10 +262,12 @@ def main(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(table(report))
+    try:
+        print(json.dumps(report, indent=2) if args.json else table(report), flush=True)
+    except BrokenPipeError:
+        # The reader left (``| head``): the report is not wanted, the exit
+        # status still is; stdout goes nowhere so the exit flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1 if report["passed"] is False else 0
 
 

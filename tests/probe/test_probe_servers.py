@@ -4,7 +4,10 @@ a few seconds: interval 0.5 s, silent after 1 s."""
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -75,6 +78,30 @@ def test_a_server_that_never_pings_fails_the_bound(tmp_path: pathlib.Path) -> No
         " their last answer (bound 1 s)"
     ]
     assert report["closed_by_probe"] == {"clean": 6, "dropped": 0}
+
+
+def test_a_reader_that_leaves_early_gets_the_exit_status_and_no_traceback(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``probe ... --json | head -1``: the pipe closes before the report is
+    written; the probe still exits with its verdict, quietly."""
+    server = wsl_serve("--heartbeat-interval", "3600", "--allow-no-origin")
+    with running(server, tmp_path) as port:
+        read, write = os.pipe()
+        os.close(read)  # nobody will read the report
+        url = f"ws://127.0.0.1:{port}/"
+        flags = ["--healthy", "1", "--silent", "1", "--after", "0.1", "--expect-bound", "0.5"]
+        done = subprocess.run(
+            [sys.executable, "-m", "wslifecycle.drivers", "probe", url, *flags],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        os.close(write)
+    assert done.returncode == 1
+    assert done.stderr == ""
 
 
 def test_application_heartbeats_are_echoed_and_counted(tmp_path: pathlib.Path) -> None:
