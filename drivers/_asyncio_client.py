@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Generator
+from collections.abc import Generator
 from typing import Any, Unpack, cast
 
 from wslifecycle.client import ClientConnection, Retry, Stop
 
-from ._client import ClientCore, ClientOptions, ClientState, ClientStopped
+from ._client import AsyncClient, ClientCore, ClientOptions, ClientStopped
 from ._common import reset_socket
 
 __all__ = ["Client", "ClientStopped", "Connecting", "connect"]
@@ -89,7 +89,7 @@ class _Protocol(asyncio.Protocol):
             transport.abort()
 
 
-class Client(ClientState):
+class Client(AsyncClient):
     """A client across its reconnects (see :func:`connect`)."""
 
     def __init__(self, core: ClientCore) -> None:
@@ -127,17 +127,6 @@ class Client(ClientState):
         while not connected."""
         self._core.session.publish(channel, data, self._now())
         self._flush()
-
-    async def recv(self) -> str | bytes:
-        """The next message; :class:`ClientStopped` once the client has
-        stopped and every message was read."""
-        try:
-            return await self.__anext__()
-        except StopAsyncIteration:
-            raise self._core.stop_error() from None
-
-    def __aiter__(self) -> AsyncIterator[str | bytes]:
-        return self
 
     async def __anext__(self) -> str | bytes:
         while True:

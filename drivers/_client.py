@@ -31,7 +31,7 @@ import os
 import random
 import ssl as _ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol, TypedDict
 
 from wslifecycle import Config, ConnectionClosed
@@ -387,3 +387,22 @@ class ClientState:
     def stopped(self) -> Stop | None:
         """Why the client will not reconnect (None while it may)."""
         return self._core.stopped
+
+
+class AsyncClient(ClientState):
+    """What the asyncio and Trio clients share beyond their state: ``recv``
+    on top of their own ``__anext__``."""
+
+    async def __anext__(self) -> str | bytes:
+        raise NotImplementedError  # each driver waits in its own way
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
+        return self
+
+    async def recv(self) -> str | bytes:
+        """The next message; :class:`ClientStopped` once the client has
+        stopped and every message was read."""
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise self._core.stop_error() from None

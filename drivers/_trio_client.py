@@ -27,7 +27,7 @@ import trio
 
 from wslifecycle.client import ClientConnection, Retry, Stop
 
-from ._client import ClientCore, ClientOptions, ClientState, ClientStopped
+from ._client import AsyncClient, ClientCore, ClientOptions, ClientStopped
 from ._common import reset_socket
 
 __all__ = ["Client", "ClientStopped", "connect"]
@@ -116,7 +116,7 @@ class _Connection:
                 await self.writer_wakeup.wait()
 
 
-class Client(ClientState):
+class Client(AsyncClient):
     """A client across its reconnects (see :func:`connect`)."""
 
     def __init__(self, core: ClientCore) -> None:
@@ -157,17 +157,6 @@ class Client(ClientState):
         self._core.session.publish(channel, data, trio.current_time())
         self._flush()
         await trio.lowlevel.checkpoint()
-
-    async def recv(self) -> str | bytes:
-        """The next message; :class:`ClientStopped` once the client has
-        stopped and every message was read."""
-        try:
-            return await self.__anext__()
-        except StopAsyncIteration:
-            raise self._core.stop_error() from None
-
-    def __aiter__(self) -> AsyncIterator[str | bytes]:
-        return self
 
     async def __anext__(self) -> str | bytes:
         while True:

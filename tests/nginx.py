@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import socket
+import subprocess
+import time
 
-__all__ = ["NGINX", "nginx_conf"]
+__all__ = ["NGINX", "listening", "nginx_conf"]
 
 #: The nginx binary (/usr/sbin may be off a user's PATH); None: not installed.
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
@@ -33,3 +36,19 @@ http {{
 {http_block}
 }}
 """
+
+
+def listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether ``process`` accepts on ``port`` within ``timeout``; False as
+    soon as it has exited (the port was taken)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            time.sleep(0.02)  # polling for readiness, bounded by the deadline
+        else:
+            return True
+    return False

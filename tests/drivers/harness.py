@@ -260,6 +260,19 @@ class FrozenProxy:
 # -------------------------------------------------------------------- peers
 
 
+def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP exchange (the server closes after answering)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), fields, body
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

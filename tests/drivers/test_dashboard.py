@@ -5,7 +5,6 @@ guards like any other, and the relay beside it unchanged."""
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,7 +13,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from tests.drivers.harness import cli_server
+from tests.drivers.harness import cli_server, http
 
 DRIVERS = ("asyncio", "selector", "trio")
 
@@ -24,19 +23,6 @@ def served(driver: str, *flags: str) -> Iterator[int]:
     """The CLI on a free port (its port); SIGTERM drains it, exit 0."""
     with cli_server(driver, *flags) as (_, port):
         yield port
-
-
-def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """One plain HTTP exchange (the server closes after answering)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    fields = dict(line.split(": ", 1) for line in lines)
-    return int(status_line.split()[1]), fields, body
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

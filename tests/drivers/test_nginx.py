@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
 from tests.drivers.harness import SERVERS
-from tests.nginx import NGINX
+from tests.nginx import NGINX, listening
 from tests.nginx import nginx_conf as shared_conf
 from wslifecycle import Config
 
@@ -175,7 +175,7 @@ def nginx(tmp_path: pathlib.Path) -> Iterator[NginxFactory]:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             started.append(process)
-            if _listening(port, process, timeout=10):
+            if listening(port, process, timeout=10):
                 return port
         errors = (tmp_path / "error.log").read_text(errors="replace")
         raise AssertionError(f"nginx did not start:\n{errors[-2000:]}")
@@ -217,22 +217,6 @@ def nginx_conf(tmp: pathlib.Path, port: int, routes: Mapping[str, int], host: st
         listen 127.0.0.1:{port};{locations}
     }}"""
     return shared_conf(tmp, port, http_block, connections=64)
-
-
-def _listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Whether ``process`` accepts on ``port`` within ``timeout``; False as
-    soon as it has exited (the port was taken)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            time.sleep(0.02)  # polling for readiness, bounded by the deadline
-        else:
-            return True
-    return False
 
 
 def metric(proxy_port: int, prefix: str, name: str) -> float:

@@ -5,30 +5,16 @@ nothing there without the flag."""
 from __future__ import annotations
 
 import pathlib
-import socket
 import subprocess
 
 import pytest
 from websockets.sync.client import connect
 
-from tests.drivers.harness import cli_server
+from tests.drivers.harness import cli_server, http
 from wslifecycle.drivers import browser_client
 
 DRIVERS = ("asyncio", "selector", "trio")
 SHIPPED = pathlib.Path(__file__).resolve().parents[2] / "drivers" / "client.js"
-
-
-def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """One plain HTTP exchange (the server closes after answering)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    fields = dict(line.split(": ", 1) for line in lines)
-    return int(status_line.split()[1]), fields, body
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.drivers.harness import cli_server
 from tests.fleet.redis_server import RedisServer
-from tests.nginx import NGINX, nginx_conf
+from tests.nginx import NGINX, listening, nginx_conf
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "fleet.md"
 HEADING = "## Three nodes behind nginx, without sticky sessions"
@@ -80,7 +80,7 @@ def nginx(tmp: pathlib.Path, nodes: list[int]) -> Iterator[int]:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            if _listening(port, process, timeout=10):
+            if listening(port, process, timeout=10):
                 yield port
                 return
         finally:
@@ -89,22 +89,6 @@ def nginx(tmp: pathlib.Path, nodes: list[int]) -> Iterator[int]:
             process.wait(10)
     errors = (tmp / "error.log").read_text(errors="replace")
     raise AssertionError(f"nginx did not start:\n{errors[-2000:]}")
-
-
-def _listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Whether ``process`` accepts on ``port`` within ``timeout``; False as
-    soon as it has exited (the port was taken)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            time.sleep(0.02)  # polling for readiness, bounded by the deadline
-        else:
-            return True
-    return False
 
 
 # ------------------------------------------------------------------ clients
