@@ -51,8 +51,12 @@ class Decision(enum.Enum):
     STALL = "stall"
 
 
+# Module constants: an Enum member looked up on its class costs a call.
+_PROBE, _QUIET, _DEFER = Decision.PROBE, Decision.QUIET, Decision.DEFER
+_TIMEOUT, _STALL = Decision.TIMEOUT, Decision.STALL
+
+
 def decide(
-    *,
     now: float,
     missed: int,
     last_probe_at: float,
@@ -67,16 +71,16 @@ def decide(
     is when the latest real probe went out (``-inf`` if none has).
     """
     if stalled:
-        return Decision.STALL
+        return _STALL
     if missed >= max_missed:
         # Compared as a sum, not a difference, so that DEFER's new deadline
         # (last_probe_at + interval) is always strictly later than now.
         if now < last_probe_at + interval:
-            return Decision.DEFER
-        return Decision.TIMEOUT
+            return _DEFER
+        return _TIMEOUT
     if active_since_due and missed + 1 < max_missed:
-        return Decision.QUIET
-    return Decision.PROBE
+        return _QUIET
+    return _PROBE
 
 
 # The JSON application heartbeat: the server sends it, the peer echoes it as is.

@@ -57,6 +57,7 @@ from .wire.connection import (
     ServerConnection,
     health_responder,
 )
+from .wire.frames import OP_PING, encode_frame
 from .wire.http import HTTP_ENDPOINTS, HttpRequest
 from .wire.mask import Unmask
 
@@ -73,7 +74,10 @@ RECENT_ALERTS = 50
 class TimerWork:
     """Everything a driver does after its one timer fired, in this order."""
 
-    #: Wires with output (pings, closes, terminations): flush each.
+    #: Wires whose only work is a ping, and its frame (one frame object
+    #: per tick, shared): write it (the fast lane; no actions to act on).
+    pings: list[tuple[ServerConnection, bytes]]
+    #: Wires with other output (closes, terminations): flush each.
     flush: list[ServerConnection]
     #: Graceful closes still flushing after ``close_timeout``: drop their
     #: sockets (RST) if they are still open.
@@ -227,16 +231,24 @@ class Hub:
         if rest is None or rest > 0:
             ran += self._plain.tick(now, rest)
         self._plain.take_alerts()  # a stall is the main scheduler's to report
+        pings: list[tuple[ServerConnection, bytes]] = []
         flush = []
+        payload = frame = b""
         for lifecycle in ran:
             wire = wires[lifecycle]
-            wire.pump(now)
-            flush.append(wire)
+            ping = wire.take_lone_ping()
+            if ping is None:
+                wire.pump(now)
+                flush.append(wire)
+                continue
+            if ping is not payload:  # one payload per tick: built once
+                payload, frame = ping, encode_frame(OP_PING, ping)
+            pings.append((wire, frame))
         flush.extend(self.take_output(now))
         alerts = self.scheduler.take_alerts()
         for alert in alerts:
             self.record_alert(now, alert)
-        return TimerWork(flush, self._expired_closes(now), alerts)
+        return TimerWork(pings, flush, self._expired_closes(now), alerts)
 
     def record_alert(self, now: float, alert: Alert) -> None:
         """Keep ``alert`` among :attr:`recent_alerts` (the hub records the

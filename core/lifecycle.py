@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["ConnectionLifecycle"]
 
 OPEN, ACTIVE, DRAINING, CLOSED = State.OPEN, State.ACTIVE, State.DRAINING, State.CLOSED
+PROBE, HEARTBEAT = Decision.PROBE, Input.HEARTBEAT  # on every ping's path
 
 # Closes that fail the connection for the peer's misbehaviour get no
 # STATE_DRIFT notice: a data frame to a broken peer helps nobody.
@@ -137,6 +138,23 @@ class ConnectionLifecycle:
             return []
         self._actions = []
         return actions
+
+    @property
+    def has_actions(self) -> bool:
+        """True while actions are queued (:meth:`take_actions` would return some)."""
+        return bool(self._actions)
+
+    def take_lone_ping(self) -> bytes | None:
+        """The payload of the ping to send, when a ping is the only action
+        queued (the commonest outcome of a timer); it is taken. None: take
+        the actions as usual. The hub's fast lane for heartbeats."""
+        actions = self._actions
+        if len(actions) == 1:
+            action = actions[0]
+            if type(action) is SendPing:
+                self._actions = []
+                return action.payload
+        return None
 
     @property
     def channels(self) -> frozenset[str]:
@@ -527,7 +545,7 @@ class ConnectionLifecycle:
 
     # ------------------------------------------------------------------ timers
 
-    def handle_timer(self, now: float, *, stalled: bool = False) -> None:
+    def handle_timer(self, now: float, stalled: bool = False) -> None:
         """The deadline passed. ``stalled`` is set by the scheduler when the
         tick was later than the stall threshold (the server was blocked)."""
         state = self.state
@@ -574,20 +592,21 @@ class ConnectionLifecycle:
                 return
         else:
             self._paused_slots = 0
-        missed = max(self.missed_pongs, self.missed_echoes)
+        missed_pongs, missed_echoes = self.missed_pongs, self.missed_echoes
         decision = decide(
-            now=now,
-            missed=missed,
-            last_probe_at=self._last_probe_at,
-            interval=interval,
-            max_missed=config.max_missed_pongs,
-            stalled=stalled or self.reading_paused,
-            active_since_due=self._active_since_due,
+            now,
+            missed_pongs if missed_pongs > missed_echoes else missed_echoes,
+            self._last_probe_at,
+            interval,
+            config.max_missed_pongs,
+            stalled or self.reading_paused,
+            self._active_since_due,
         )
-        if decision is Decision.PROBE:
-            next_state(ACTIVE, Input.HEARTBEAT)
+        if decision is PROBE:  # the commonest by far: every ping
+            next_state(ACTIVE, HEARTBEAT)
             self._probe(now)
-            self._set_deadline(slot + interval)
+            self.deadline = deadline = slot + interval  # _set_deadline, inlined
+            scheduler.arm(self, deadline)
         elif decision is Decision.QUIET:
             next_state(ACTIVE, Input.HEARTBEAT)
             self._active_since_due = False
@@ -618,7 +637,8 @@ class ConnectionLifecycle:
         """Count the miss first, then probe: the answer, if it comes, resets it."""
         scheduler = self._scheduler
         metrics = scheduler.metrics
-        payload = scheduler.entropy.probe_payload()
+        ping = scheduler.probe(now)
+        payload = ping.payload
         self._active_since_due = False
         self._last_probe_at = now
         if scheduler.protocol_heartbeat:
@@ -627,7 +647,7 @@ class ConnectionLifecycle:
             self.missed_pongs += 1
             self._ping_payload = payload
             metrics.pings_sent += 1
-            self._actions.append(SendPing(payload))
+            self._actions.append(ping)
         if scheduler.app_heartbeat:
             if self._probe_id is not None:
                 metrics.missed_app_heartbeats += 1

@@ -48,7 +48,7 @@ import heapq
 import math
 from collections.abc import Set
 
-from .actions import Alert
+from .actions import Alert, SendPing
 from .causes import AlertKind
 from .config import Config, HeartbeatMode
 from .entropy import Entropy
@@ -71,7 +71,9 @@ class Scheduler:
         "_entries",
         "_epoch",
         "_live",
+        "_payload_at",
         "_phases",
+        "_ping",
         "_slack",
         "_stall_threshold",
         "_times",
@@ -107,6 +109,8 @@ class Scheduler:
         self._live: dict[ConnectionLifecycle, float | None] = {}
         self._alerts: list[Alert] = []
         self._drain_deadline: float | None = None
+        self._payload_at = -math.inf
+        self._ping = SendPing(b"")
 
     # ---------------------------------------------------------------- the API
 
@@ -186,7 +190,7 @@ class Scheduler:
                 if live.get(lifecycle) == wakeup:  # else stale: it moved on or closed
                     live[lifecycle] = None
                     cell.alive -= 1
-                    lifecycle.handle_timer(now, stalled=stalled)
+                    lifecycle.handle_timer(now, stalled)
                     ran.append(lifecycle)
         if budget and times and times[0] - self._slack < now:
             # Ticked off the grid (tests do): the next cell may hold some
@@ -198,7 +202,7 @@ class Scheduler:
                 if live.get(lifecycle) == wakeup and deadline is not None and deadline <= now:
                     live[lifecycle] = None
                     cell.alive -= 1
-                    lifecycle.handle_timer(now, stalled=stalled)
+                    lifecycle.handle_timer(now, stalled)
                     ran.append(lifecycle)
         if not ran:
             return ran
@@ -267,6 +271,17 @@ class Scheduler:
         phase = self._epoch + (self._phases * _GOLDEN) % 1.0 * interval
         delay = (phase - now) % interval
         return now + (delay if delay > 0 else interval)
+
+    def probe(self, now: float) -> SendPing:
+        """The ping of a probe sent at ``now``: one payload per tick, shared
+        by every connection probed in it (the action and the frame are built
+        once per tick, not once per connection). A payload only has to
+        differ from the same connection's previous one, drawn at an earlier
+        tick."""
+        if now != self._payload_at:
+            self._payload_at = now
+            self._ping = SendPing(self.entropy.probe_payload())
+        return self._ping
 
     def handshake_deadline(self, now: float) -> float:
         """A new connection's handshake deadline (never past a drain's)."""

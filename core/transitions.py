@@ -62,6 +62,10 @@ class State(enum.Enum):
     DRAINING = "draining"
     CLOSED = "closed"
 
+    # Identity, not Enum's hash of the name (a Python-level call): the
+    # transition table is looked up on every ping, pong and message.
+    __hash__ = object.__hash__
+
     @property
     def rank(self) -> int:
         """Position in OPEN < ACTIVE < DRAINING < CLOSED; never decreases."""
@@ -102,6 +106,10 @@ class Input(enum.Enum):
     DRAIN = "drain"
     TERMINATE = "terminate"
     TRANSPORT_LOST = "transport_lost"
+
+    # Identity, not Enum's hash of the name (a Python-level call): the
+    # transition table is looked up on every ping, pong and message.
+    __hash__ = object.__hash__
 
 
 OPEN, ACTIVE, DRAINING, CLOSED = State.OPEN, State.ACTIVE, State.DRAINING, State.CLOSED

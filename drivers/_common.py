@@ -402,6 +402,13 @@ class ServerBase:
         """Drop ``wire``'s socket now (RST), if it is still open."""
         raise NotImplementedError
 
+    def _write_ping(self, wire: ServerConnection, frame: bytes) -> None:
+        """Write a ping frame the timer's fast lane built for ``wire`` (it
+        has nothing else to do: no actions, no other bytes). A driver
+        overrides it to write straight to the socket."""
+        wire.queue_frame(frame)
+        self.flush(wire)
+
     def _rearm(self) -> None:
         """The hub's next wake-up may have moved: see the timer follows."""
         raise NotImplementedError
@@ -457,6 +464,9 @@ class ServerBase:
     def _run_timer(self) -> None:
         """The one timer fired: heartbeats, timeouts, bounded closes, alerts."""
         work = self.hub.handle_timer(self.now(), TICK_BATCH)
+        write_ping = self._write_ping
+        for wire, frame in work.pings:
+            write_ping(wire, frame)
         for wire in work.flush:
             self.flush(wire)
         for wire in work.reset:

@@ -164,7 +164,8 @@ class _Protocol(asyncio.BufferedProtocol):
         data = _RECEIVE[:nbytes].tobytes()
         tls = self.tls
         if tls is None:
-            self.wire.receive_data(data, self.server.now())
+            if not self.wire.receive_data(data, self.server.now()):
+                return  # a lone pong: nothing to write or act on
         else:
             records = feed_wire(tls, self.wire, data, self.server.now())
             if records and self.transport is not None:
@@ -434,6 +435,16 @@ class Server(ServerBase):
         protocol = self._protocols.get(wire)
         if protocol is not None:
             protocol.abort()
+
+    def _write_ping(self, wire: ServerConnection, frame: bytes) -> None:
+        protocol = self._protocols.get(wire)
+        if protocol is not None:
+            transport = protocol.transport
+            if transport is not None:
+                if protocol.tls is not None:
+                    frame = protocol.tls.encrypt(frame)
+                transport.write(frame)
+                wire.write_buffer_size = transport.get_write_buffer_size()
 
     def _accepted(self, protocol: _Protocol) -> None:
         self._protocols[protocol.wire] = protocol

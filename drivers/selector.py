@@ -487,6 +487,26 @@ class Server(ServerBase):
         if transport is not None:
             self._drop(transport, reset=True)
 
+    def _write_ping(self, wire: ServerConnection, frame: bytes) -> None:
+        """The timer's fast lane, on the I/O thread: send the ping at once
+        when nothing is queued before it; otherwise queue it and flush."""
+        transport = self._transports.get(wire)
+        if transport is None or transport.sock is None:
+            return
+        if transport.outbound or transport.tls is not None or transport.closing:
+            wire.queue_frame(frame)  # behind what waits, or encrypted: the general path
+            self._pending[transport] = None
+            return
+        try:
+            sent = transport.sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the peer is gone: the general path reports it
+            sent = 0
+        if sent < len(frame):
+            transport.outbound += frame[sent:]
+            self._pending[transport] = None  # write interest, and the error if any
+
     # ---------------------------------------------------------------- workers
 
     def _run_hook(self, conn: Connection, request: HandshakeRequest) -> None:
@@ -605,7 +625,8 @@ class Server(ServerBase):
                 wire.receive_eof(now)
                 transport.outbound.clear()
             elif transport.tls is None:
-                wire.receive_data(data, now)
+                if not wire.receive_data(data, now):
+                    continue  # a lone pong: nothing to write or act on
             else:  # the session's records go before the wire's output
                 transport.outbound += feed_wire(transport.tls, wire, data, now)
             pending[transport] = None

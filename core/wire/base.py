@@ -61,6 +61,11 @@ class WireBase:
             lifecycle.resume_reading(now)
         return message
 
+    def queue_frame(self, frame: bytes) -> None:
+        """Queue a frame built elsewhere (the hub's shared ping frame) to be
+        written with the rest, in order."""
+        self._out.append(frame)
+
     def data_to_send(self) -> bytes:
         """Every byte to write, in order; the buffer empties."""
         out = self._out

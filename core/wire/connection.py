@@ -120,7 +120,7 @@ ReleaseHook = Callable[["ServerConnection", tuple[str, ...], float], "bool | Non
 #: Told once when a connection's lifecycle has reached CLOSED.
 ClosedHook = Callable[["ServerConnection"], None]
 
-OPEN, DRAINING, CLOSED = State.OPEN, State.DRAINING, State.CLOSED
+OPEN, ACTIVE, DRAINING, CLOSED = State.OPEN, State.ACTIVE, State.DRAINING, State.CLOSED
 _ALLOW_GET_HEAD = (("allow", "GET, HEAD"),)
 
 
@@ -286,11 +286,27 @@ class ServerConnection(WireBase):
 
     # ------------------------------------------------------ the transport's inputs
 
-    def receive_data(self, data: bytes, now: float) -> None:
-        """Bytes read from the socket."""
+    def receive_data(self, data: bytes, now: float) -> bool:
+        """Bytes read from the socket. Returns False when they changed nothing
+        a driver acts on (no bytes to write, no action, no message, no
+        deadline moved: a lone pong, the commonest read), so it need not
+        flush; True otherwise."""
+        reader = self._reader
+        lifecycle = self.lifecycle
+        if (
+            reader is not None
+            and lifecycle.state is ACTIVE
+            and not lifecycle.has_actions
+            and not self._out
+            and not self._actions
+        ):
+            payload = reader.lone_pong(data)
+            if payload is not None:
+                lifecycle.receive_pong(now, payload)  # in ACTIVE: no action, no deadline
+                return False
         self.pump(now)  # a timer or a drain may have ended the connection meanwhile
         if self._ended or not data:
-            return
+            return True
         if self._reader is not None:
             self._feed_frames(data, now)
         else:
@@ -301,6 +317,15 @@ class ServerConnection(WireBase):
                 self._http = None
                 self._judge(verdict, now)
         self.pump(now)
+        return True
+
+    def take_lone_ping(self) -> bytes | None:
+        """After a timer: the payload of the ping to send when that is all
+        there is to do (nothing else queued, no bytes waiting); it is taken,
+        and the caller writes the frame. None: :meth:`pump` as usual."""
+        if self._out or self._actions:
+            return None
+        return self.lifecycle.take_lone_ping()
 
     def receive_eof(self, now: float) -> None:
         """The peer closed its side of TCP."""

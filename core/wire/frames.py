@@ -245,6 +245,24 @@ class FrameReader:
                     self._done = True
                     return out
 
+    def lone_pong(self, data: bytes) -> bytes | None:
+        """The unmasked payload when ``data`` is exactly one whole pong frame
+        from a client and no frame or message is half-read: the commonest
+        read of all, taken without building a frame object (the same rules
+        as :meth:`feed`'s). None: :meth:`feed` it."""
+        size = len(data) - 6
+        if (
+            0 <= size <= 125
+            and data[0] == 0x8A  # FIN, no reserved bits, pong
+            and data[1] == 0x80 | size  # masked, as a client's frames are
+            and self._key_size  # a server's reader
+            and self._fast
+            and not self._done
+            and (self._decoder is None or self._idle())
+        ):
+            return self._unmask(data[6:], data[2:6])
+        return None
+
     def _idle(self) -> bool:
         """No frame or message half-read: whole frames may take the fast path."""
         decoder = self._decoder

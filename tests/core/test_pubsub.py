@@ -86,15 +86,19 @@ def test_subscribing_a_closing_connection_raises() -> None:
 
 
 def test_the_timer_and_drain_pump_the_wires_they_touch() -> None:
-    """handle_timer() and begin_drain() return wires with their bytes ready."""
+    """handle_timer() returns a wire whose only work is a ping in its fast
+    lane (the frame to write), and begin_drain() wires with their bytes ready."""
     hub = make_hub()
     wire = connect(hub)
     assert hub.connections == [wire]
     wakeup = hub.next_wakeup()
     assert wakeup is not None
     work = hub.handle_timer(wakeup)
-    assert (work.flush, work.reset, work.alerts) == ([wire], [], [])
-    assert parse_server_frames(wire.data_to_send())[0].opcode == 0x9
+    assert (work.flush, work.reset, work.alerts) == ([], [], [])
+    [(pinged, frame)] = work.pings
+    assert pinged is wire
+    assert wire.data_to_send() == b""  # the caller writes the lane's frame
+    assert parse_server_frames(frame)[0].opcode == 0x9
     assert hub.begin_drain(wakeup) == [wire]
     assert hub.draining
     assert not hub.drained
