@@ -19,6 +19,7 @@ import dataclasses
 import pathlib
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 
 from tests.bench import compare
@@ -107,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"benchmark alarm: cannot run: {key}: {reason}", flush=True)
             return 2
     failed = []
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="wsl-alarm-") as tmp:
         workdir = pathlib.Path(tmp)
         binary, _ = build_generator(workdir)
@@ -122,10 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     failed.append(measure.name)
         finally:
             kill_all()
+    took = f"{time.monotonic() - started:.0f} s"
     if failed:
-        print(f"benchmark alarm: OVER the bound in every try: {'; '.join(failed)}", flush=True)
+        print(f"benchmark alarm: OVER the bound in every try: {'; '.join(failed)} ({took})")
         return 1
-    print(f"benchmark alarm: both within {BOUND}× websockets", flush=True)
+    print(f"benchmark alarm: both within {BOUND}× websockets ({took})")
     return 0
 
 
