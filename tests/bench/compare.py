@@ -240,6 +240,8 @@ def micro(seconds: float) -> str:
 
 
 def milli(seconds: float) -> str:
+    if seconds != seconds:  # NaN: nothing was measured
+        return "–"
     return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.2f} s"
 
 
@@ -657,9 +659,9 @@ def scenario_fleet(ctx: Context, kind: ServerKind) -> list[Row]:
             checks = [check for name, check in goals if name == phase.name]
             result = (
                 f"offered {phase.offered:,.0f}, arrived {phase.achieved:,.0f} deliveries/s; "
-                f"delivery p50 {fleet_bench.milli(phase.p50)}, p99 {fleet_bench.milli(phase.p99)}; "
+                f"delivery p50 {milli(phase.p50)}, p99 {milli(phase.p99)}; "
                 f"{phase.delivered:,}/{phase.expected:,} delivered; fan-out node lag p99 "
-                f"{fleet_bench.milli(phase.lag_p99)}; other load {100 * phase.others:.0f} %"
+                f"{milli(phase.lag_p99)}; other load {100 * phase.others:.0f} %"
             )
             if phase is shape.phases[-1]:
                 result += f"; over the setup: {fleet_bench.summary(shape)}"
