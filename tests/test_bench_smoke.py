@@ -1,6 +1,7 @@
 """Smoke tests of the benchmarks: the side-by-side one's ``--quick`` on the
 asyncio driver alone (no competitors) produces the table with a row for
-every scenario; the fleet one's ``--quick`` produces its table. The numbers
+every scenario (the fleet one included, when redis-server is here); the
+fleet one's ``--quick`` produces its table. The numbers
 are not checked: this proves the commands run, stop by themselves and clean
 up, not how fast anything is."""
 
@@ -13,6 +14,7 @@ import sys
 
 import pytest
 
+from tests.bench.compare import SCENARIOS
 from tests.fleet.redis_server import find_redis_server
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -29,7 +31,7 @@ def test_quick_benchmark_of_the_asyncio_driver(tmp_path: pathlib.Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -37,8 +39,15 @@ def test_quick_benchmark_of_the_asyncio_driver(tmp_path: pathlib.Path) -> None:
     assert table in run.stdout
     assert "| scenario | server | result |" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and "wsl-asyncio" in line]
-    for number in range(1, 8):
-        assert any(row.startswith(f"| {number}. ") for row in rows), f"no row for scenario {number}"
+    for number, name in enumerate(SCENARIOS, 1):
+        mine = [row for row in rows if row.startswith(f"| {number}. ")]
+        assert mine, f"no row for scenario {number} ({name})"
+        if name == "fleet" and find_redis_server() is not None:
+            for setup in ("fleet: fleet", "fleet: one node"):
+                for phase in ("throughput", "half of it", "half the goal"):
+                    title = f"| {number}. {setup}, {phase} ("
+                    assert any(row.startswith(title) for row in mine), title
+            assert not any("not measured" in row for row in mine)
     assert any(row.startswith("| overload") for row in rows)
     assert "FAILED" not in table
     assert "Versions: Python" in table

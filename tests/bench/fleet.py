@@ -283,6 +283,19 @@ class Phase:
     fanout_cpu: float  # share of one core, the fan-out node over the window
     lag: list[int]
     others: float  # share of one core that other programs took over the window
+    generator_cpu: float  # share of one core, every wsgen process over the window
+
+    @property
+    def p50(self) -> float:
+        return quantile(self.latencies, 0.5)
+
+    @property
+    def p99(self) -> float:
+        return quantile(self.latencies, 0.99)
+
+    @property
+    def lag_p99(self) -> float:
+        return quantile(self.lag, 0.99) / 1e6 if self.lag else float("nan")
 
 
 def run_phase(
@@ -308,9 +321,10 @@ def run_phase(
     time.sleep(plan.warmup)
     clients.latencies()
     c0, d0, t0 = fanout.cpu(), clients.delivered(), time.monotonic()
-    b0, o0 = machine_busy(), ours()
+    b0, o0, g0 = machine_busy(), ours(), clients.cpu()
     time.sleep(max(0.0, started + seconds - time.monotonic()))
     c1, d1, t1 = fanout.cpu(), clients.delivered(), time.monotonic()
+    g1 = clients.cpu()
     others = (machine_busy() - b0 - (ours() - o0)) / (t1 - t0)
     sent = clients.publisher.wait("pubrate", seconds + 30)["sent"]
     expected = sum(per_channel[n % plan.channels] for n in range(sent))
@@ -337,6 +351,7 @@ def run_phase(
         (c1 - c0) / (t1 - t0),
         fanout.lag(t0, t1),
         max(0.0, others),
+        (g1 - g0) / (t1 - t0),
     )
 
 
@@ -401,9 +416,8 @@ def run_shape(
             log(f"{setup}: {name}, {rate:,} deliveries/s offered")
             phase = run_phase(setup, name, rate, clients, fanout, ours)
             log(
-                f"  {phase.achieved:,.0f} deliveries/s, p50 {milli(quantile(phase.latencies, 0.5))}"
-                f", p99 {milli(quantile(phase.latencies, 0.99))}, "
-                f"{phase.delivered:,}/{phase.expected:,} delivered"
+                f"  {phase.achieved:,.0f} deliveries/s, p50 {milli(phase.p50)}"
+                f", p99 {milli(phase.p99)}, {phase.delivered:,}/{phase.expected:,} delivered"
             )
             phases.append(phase)
         elapsed, busy = time.monotonic() - started, machine_busy() - busy0
@@ -418,6 +432,54 @@ def run_shape(
         cpu["everything else"] = max(0.0, busy / elapsed - sum(cpu.values()))
         counters = {name: counter_deltas(before[name], after[name]) for name in nodes}
     return Shape(setup, phases, counters, cpu)
+
+
+SETUPS = (("fleet", True), ("one node", False))
+
+
+def missing() -> str | None:
+    """Why the fleet setup cannot run here, or None."""
+    if find_redis_server() is None:
+        return "redis-server is not installed (bash .ci/setup installs it)"
+    return None
+
+
+def run_setups(
+    plan: Plan, driver: str, binary: pathlib.Path, workdir: pathlib.Path, only: str | None = None
+) -> list[Shape]:
+    """Both setups (or ``only`` "fleet" or "single"), each through its three
+    phases: what this command's table and ``tests.bench.compare``'s fleet
+    scenario both show."""
+    return [
+        run_shape(setup, plan, driver, binary, workdir, fleet)
+        for setup, fleet in SETUPS
+        if only is None or (only == "fleet") == fleet
+    ]
+
+
+def goals(shape: Shape) -> list[tuple[str, tuple[bool, str]]]:
+    """The fleet's goals, each (the phase it is read from, (met?, what it says))."""
+    throughput = next(p for p in shape.phases if p.name == "throughput")
+    latency = next(p for p in shape.phases if p.name == "half the goal")
+    terminated = sum(d["terminations"] for d in shape.counters.values())
+    return [
+        (
+            throughput.name,
+            (
+                throughput.achieved >= GOAL_DELIVERIES,
+                f"≥ {GOAL_DELIVERIES:,} deliveries/s across nodes: {throughput.achieved:,.0f}",
+            ),
+        ),
+        (
+            latency.name,
+            (
+                latency.p99 < GOAL_P99,
+                f"p99 < {GOAL_P99 * 1e3:.0f} ms at {latency.offered:,.0f} deliveries/s: "
+                f"{milli(latency.p99)}",
+            ),
+        ),
+        (latency.name, (terminated == 0, f"0 false terminations: {terminated}")),
+    ]
 
 
 # -------------------------------------------------------------------- table
@@ -438,15 +500,14 @@ def render(shapes: list[Shape], plan: Plan, driver: str, seconds: float) -> str:
         "| delivery p99 | delivered | fan-out node CPU | fan-out node lag p99 | other load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for shape in shapes:
-        for p in shape.phases:
-            lag = quantile(p.lag, 0.99) / 1e6 if p.lag else float("nan")
-            lines.append(
-                f"| {p.setup} | {p.name} | {p.offered:,.0f} | {p.achieved:,.0f} "
-                f"| {milli(quantile(p.latencies, 0.5))} | {milli(quantile(p.latencies, 0.99))} "
-                f"| {p.delivered:,}/{p.expected:,} | {100 * p.fanout_cpu:.0f} % | {milli(lag)} "
-                f"| {100 * p.others:.0f} % |"
-            )
+    lines += [
+        f"| {p.setup} | {p.name} | {p.offered:,.0f} | {p.achieved:,.0f} "
+        f"| {milli(p.p50)} | {milli(p.p99)} "
+        f"| {p.delivered:,}/{p.expected:,} | {100 * p.fanout_cpu:.0f} % "
+        f"| {milli(p.lag_p99)} | {100 * p.others:.0f} % |"
+        for shape in shapes
+        for p in shape.phases
+    ]
     lines += [
         "",
         "Arrived: deliveries per second counted at the subscribers over the measured "
@@ -457,28 +518,22 @@ def render(shapes: list[Shape], plan: Plan, driver: str, seconds: float) -> str:
         "a shared machine.",
         "",
     ]
-    for shape in shapes:
-        counters = "; ".join(
-            f"{node}: " + ", ".join(f"{value:,} {key}" for key, value in deltas.items())
-            for node, deltas in shape.counters.items()
-        )
-        cpu = ", ".join(f"{name} {100 * share:.0f} %" for name, share in shape.cpu.items())
-        lines.append(f"- {shape.setup}, over the whole run: {counters}. CPU (one core): {cpu}.")
+    lines += [f"- {shape.setup}, over the whole run: {summary(shape)}." for shape in shapes]
     fleet = next((s for s in shapes if s.setup == "fleet"), None)
     if fleet is not None and plan.name == "full":
-        throughput = next(p for p in fleet.phases if p.name == "throughput")
-        latency = next(p for p in fleet.phases if p.name == "half the goal")
-        p99 = quantile(latency.latencies, 0.99)
-        terminated = sum(d["terminations"] for d in fleet.counters.values())
-        lines += [
-            "",
-            f"Goals (fleet): ≥ {GOAL_DELIVERIES:,} deliveries/s across nodes: "
-            f"{throughput.achieved:,.0f} {mark(throughput.achieved >= GOAL_DELIVERIES)}; "
-            f"p99 < {GOAL_P99 * 1e3:.0f} ms at {latency.offered:,.0f} deliveries/s: "
-            f"{milli(p99)} {mark(p99 < GOAL_P99)}; 0 false terminations: "
-            f"{terminated} {mark(terminated == 0)}.",
-        ]
+        said = "; ".join(f"{what} {mark(met)}" for _, (met, what) in goals(fleet))
+        lines += ["", f"Goals (fleet): {said}."]
     return "\n".join(lines) + "\n"
+
+
+def summary(shape: Shape) -> str:
+    """The counters of every node and the CPU of every process over a whole setup."""
+    counters = "; ".join(
+        f"{node}: " + ", ".join(f"{value:,} {key}" for key, value in deltas.items())
+        for node, deltas in shape.counters.items()
+    )
+    cpu = ", ".join(f"{name} {100 * share:.0f} %" for name, share in shape.cpu.items())
+    return f"{counters}. CPU (one core): {cpu}"
 
 
 # --------------------------------------------------------------------- main
@@ -515,18 +570,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = dataclasses.replace(plan, rate=args.rate)
     if args.heartbeat_interval:
         plan = dataclasses.replace(plan, heartbeat=args.heartbeat_interval)
-    if find_redis_server() is None and args.only != "single":
-        raise SystemExit("redis-server is not installed (bash .ci/setup installs it)")
+    reason = missing()
+    if reason is not None and args.only != "single":
+        raise SystemExit(reason)
     started = time.monotonic()
-    shapes = []
     with tempfile.TemporaryDirectory(prefix="wsl-fleet-bench-") as tmp:
         workdir = pathlib.Path(tmp)
         binary, _ = build_generator(workdir)
         try:
-            for setup, fleet in (("fleet", True), ("one node", False)):
-                if args.only and (args.only == "fleet") != fleet:
-                    continue
-                shapes.append(run_shape(setup, plan, args.driver, binary, workdir, fleet))
+            shapes = run_setups(plan, args.driver, binary, workdir, args.only)
         finally:
             kill_all()
     table = render(shapes, plan, args.driver, time.monotonic() - started)
