@@ -6,17 +6,46 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
+from typing import cast
 
 from wslifecycle import Config
 
 from . import dashboard
+from ._common import log
 from ._pages import add_pages, announce_pages
 from .asyncio import Handler, echo_handler, relay_handler, serve
 from .cli import announce, listen_options, start_failed
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    return asyncio.run(_serve(args, config))
+    try:
+        factory = loop_factory(args.loop)
+    except ImportError as missing:
+        print(f"wslifecycle: --loop uvloop: {missing}; pip install uvloop", file=sys.stderr)
+        return 2
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_serve(args, config))
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to run on: uvloop when it is installed (``auto``) or
+    asked for, else the standard one (None). The choice is logged: the loop
+    changes what a heartbeat costs (docs/benchmarks.md)."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            log.info("event loop: uvloop %s", getattr(uvloop, "__version__", "?"))
+            return cast(Callable[[], asyncio.AbstractEventLoop], uvloop.new_event_loop)
+    log.info(
+        "event loop: asyncio's standard loop%s",
+        " (uvloop is not installed)" if choice == "auto" else "",
+    )
+    return None
 
 
 async def _serve(args: argparse.Namespace, config: Config) -> int:

@@ -111,6 +111,13 @@ def parser() -> argparse.ArgumentParser:
     add("--keyfile", metavar="PATH", help="the PEM private key, if not in --certfile")
     add("--driver", choices=DRIVERS, default="asyncio", help="I/O driver (default: %(default)s)")
     add(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the asyncio driver's event loop: auto = uvloop when it is installed, else the"
+        " standard loop (default: %(default)s)",
+    )
+    add(
         "--workers",
         type=_at_least_one,
         default=min(32, (os.cpu_count() or 1) + 4),

@@ -54,8 +54,8 @@ def _wsl(driver: str, uvloop: bool = False) -> Callable[[Heartbeat], tuple[list[
         argv += ["serve", "--driver", driver, "--port", "0", "--allow-no-origin"]
         argv += ["--heartbeat-interval", _fmt(hb.interval)]
         argv += ["--max-missed-pongs", str(hb.max_missed), "--log-level", "warning"]
-        if uvloop:
-            argv.append("--uvloop")
+        if driver == "asyncio":  # named: serve would pick uvloop by itself when installed
+            argv += ["--loop", "uvloop" if uvloop else "asyncio"]
         return argv, f"interval {_fmt(hb.interval)} s, max missed {hb.max_missed}"
 
     return build

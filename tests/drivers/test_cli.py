@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib.util
 import io
 import os
 import pathlib
@@ -444,3 +445,30 @@ def test_importing_the_trio_driver_without_trio_names_the_extra() -> None:
     last = done.stderr.splitlines()[-1]
     assert last.startswith("ImportError: ")
     assert TRIO_HINT in last
+
+
+UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+
+@pytest.mark.parametrize("loop", ["auto", "asyncio", "uvloop"])
+def test_the_asyncio_driver_logs_its_event_loop(loop: str) -> None:
+    """--loop auto takes uvloop when it is installed; the log says which
+    loop runs; --loop uvloop without uvloop exits 2 saying how to get it."""
+    if loop == "uvloop" and not UVLOOP:
+        done = subprocess.run(
+            [sys.executable, "-m", "wslifecycle.drivers", "serve", "--port", "0",
+             "--loop", "uvloop"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert "pip install uvloop" in done.stderr
+        return
+    process = serve_cli("--port", "0", "--loop", loop, "--log-level", "info")
+    assert process.stdout is not None
+    assert "(driver asyncio)" in process.stdout.readline()
+    process.terminate()
+    _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0
+    uses_uvloop = loop == "uvloop" or (loop == "auto" and UVLOOP)
+    expected = "event loop: uvloop" if uses_uvloop else "event loop: asyncio's standard loop"
+    assert expected in stderr

@@ -1,14 +1,14 @@
 """``wslifecycle serve`` with the benchmark's lag probe beside it.
 
-    python -m tests.bench.peers.wsl_serve [--uvloop] <wslifecycle serve arguments>
+    python -m tests.bench.peers.wsl_serve <wslifecycle serve arguments>
 
 This runs the real command line (``wslifecycle.drivers.cli.main``: the same
 parser, configuration and ``drivers/_run_<driver>.py`` start-up) and only
 adds the probe of :mod:`tests.bench.peers.lagprobe` to the driver's event
 loop, so every benchmarked server is probed the same way. The driver's
 ``_serve`` coroutine is wrapped (asyncio, Trio); a driver without one of its
-own (the threaded selector driver) gets the thread probe. ``--uvloop`` runs
-the asyncio driver on uvloop.
+own (the threaded selector driver) gets the thread probe. The asyncio
+driver's loop is the command line's ``--loop`` (the benchmark names it).
 """
 
 from __future__ import annotations
@@ -53,8 +53,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wslifecycle.drivers import cli
 
     arguments = list(sys.argv[1:] if argv is None else argv)
-    use_uvloop = "--uvloop" in arguments
-    arguments = [a for a in arguments if a != "--uvloop"]
     driver = cli.parser().parse_args(arguments).driver
     try:
         module: Any = importlib.import_module(f"wslifecycle.drivers._run_{driver}")
@@ -63,10 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if driver == "asyncio":
         _wrap_asyncio(module)
-        if use_uvloop:
-            import uvloop
-
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     elif driver == "trio":
         _wrap_trio(module)
     else:
