@@ -30,8 +30,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop to run on: uvloop when it is installed (``auto``) or
-    asked for, else the standard one (None). The choice is logged: the loop
-    changes what a heartbeat costs (docs/benchmarks.md)."""
+    asked for, else the standard one (None)."""
     if choice != "asyncio":
         try:
             import uvloop
@@ -39,13 +38,18 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
             if choice == "uvloop":
                 raise
         else:
-            log.info("event loop: uvloop %s", getattr(uvloop, "__version__", "?"))
             return cast(Callable[[], asyncio.AbstractEventLoop], uvloop.new_event_loop)
-    log.info(
-        "event loop: asyncio's standard loop%s",
-        " (uvloop is not installed)" if choice == "auto" else "",
-    )
     return None
+
+
+def describe_loop(loop: asyncio.AbstractEventLoop, choice: str) -> str:
+    """Which loop runs, for the log: it changes what a heartbeat costs
+    (docs/benchmarks.md)."""
+    module = type(loop).__module__
+    if module.startswith("uvloop"):
+        version = getattr(sys.modules.get("uvloop"), "__version__", "")
+        return f"uvloop {version}".strip()
+    return "asyncio's standard loop" + (" (uvloop is not installed)" if choice == "auto" else "")
 
 
 async def _serve(args: argparse.Namespace, config: Config) -> int:
@@ -62,6 +66,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
         loop.add_signal_handler(signum, server.begin_drain)
     address = None if args.unix else server.sockets[0].getsockname()[:2]
     announce(args, "asyncio", address, server.metrics_port)
+    log.info("event loop: %s", describe_loop(loop, args.loop))
     announce_pages(args, address)
     await server.serve_forever()
     print("wslifecycle: drained, exiting", file=sys.stderr, flush=True)
