@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["ConnectionLifecycle"]
 
 OPEN, ACTIVE, DRAINING, CLOSED = State.OPEN, State.ACTIVE, State.DRAINING, State.CLOSED
-PROBE, HEARTBEAT = Decision.PROBE, Input.HEARTBEAT  # on every ping's path
+HEARTBEAT = Input.HEARTBEAT  # on every ping's path
 
 # Closes that fail the connection for the peer's misbehaviour get no
 # STATE_DRIFT notice: a data frame to a broken peer helps nobody.
@@ -602,7 +602,7 @@ class ConnectionLifecycle:
             stalled or self.reading_paused,
             self._active_since_due,
         )
-        if decision is PROBE:  # the commonest by far: every ping
+        if decision is Decision.PROBE:  # the commonest by far: every ping
             next_state(ACTIVE, HEARTBEAT)
             self._probe(now)
             self.deadline = deadline = slot + interval  # _set_deadline, inlined

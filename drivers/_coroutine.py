@@ -9,7 +9,8 @@ coroutine living as long as its connection.
 * :func:`run_handler`: the end of a handler is an input of the wire (it
   raised: 1011, with the traceback logged; it returned: 1000);
 * :func:`relay_handler` and :func:`echo_handler`: the handlers of
-  ``wslifecycle serve``.
+  ``wslifecycle serve``, which a driver runs inline where it reads
+  (:data:`BUILT_IN`, :func:`answer_inline`): no task per connection.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from wslifecycle.handshake import Accept, HandshakeRequest, Reject
 from ._common import ConnectionBase, log
 
 __all__ = [
+    "BUILT_IN",
     "AsyncConnection",
     "AsyncProcessRequest",
+    "InlineAnswer",
     "Sent",
+    "answer_inline",
     "await_hook",
     "call_hook",
     "echo_handler",
@@ -155,3 +159,40 @@ async def echo_handler(conn: AsyncConnection) -> None:
     """Echo every message back (the mode the Autobahn cases run against)."""
     async for message in conn:
         conn.send(message, critical=True)
+
+
+# -------------------------------------------------- built-in handlers, inline
+
+#: A built-in handler's answer to one message, run where the message was read.
+InlineAnswer = Callable[[AsyncConnection, str | bytes], None]
+
+
+def _relay(conn: AsyncConnection, message: str | bytes) -> None:
+    conn.relay(message)
+
+
+def _echo(conn: AsyncConnection, message: str | bytes) -> None:
+    conn.wire.send(message, conn._server.now(), critical=True)  # answer_inline flushes
+
+
+#: The handlers of ``wslifecycle serve`` and what each does per message. A
+#: driver runs them where it reads, with no task per connection: their
+#: ``async for`` would only ever wait for what the reader has just queued.
+BUILT_IN: dict[object, InlineAnswer] = {relay_handler: _relay, echo_handler: _echo}
+
+
+def answer_inline(conn: AsyncConnection, answer: InlineAnswer) -> None:
+    """What :func:`run_handler` does with a built-in handler, without its
+    task: answer every queued message, then flush once. A failure closes
+    with 1011 and is logged, as a handler's would be."""
+    wire = conn.wire
+    server = conn._server
+    try:
+        while (message := conn._take()) is not None:
+            answer(conn, message)
+    except ConnectionClosed:
+        pass  # the connection ended under it: nothing to report
+    except Exception as error:
+        log.exception("handler failed connection=%s", wire.id)
+        wire.handler_failed(server.now(), f"{type(error).__name__}: {error}")
+    server.flush(wire)

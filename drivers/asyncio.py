@@ -51,8 +51,10 @@ from ._common import (
     reset_socket,
 )
 from ._coroutine import (
+    BUILT_IN,
     AsyncConnection,
     AsyncProcessRequest,
+    answer_inline,
     await_hook,
     call_hook,
     echo_handler,
@@ -163,14 +165,20 @@ class _Protocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         data = _RECEIVE[:nbytes].tobytes()
         tls = self.tls
+        wire = self.wire
+        server = self.server
         if tls is None:
-            if not self.wire.receive_data(data, self.server.now()):
+            if not wire.receive_data(data, server.now()):
                 return  # a lone pong: nothing to write or act on
         else:
-            records = feed_wire(tls, self.wire, data, self.server.now())
+            records = feed_wire(tls, wire, data, server.now())
             if records and self.transport is not None:
                 self.transport.write(records)
-        self.server.flush(self.wire)
+        answer = server._answer
+        if answer is not None and wire.messages_waiting:
+            answer_inline(self.conn, answer)  # a built-in handler: flushes
+        else:
+            server.flush(wire)
 
     def eof_received(self) -> bool:
         self.wire.receive_eof(self.server.now())
@@ -221,7 +229,8 @@ class _Protocol(asyncio.BufferedProtocol):
         answer_handshake(self.server, self.wire, answer)
 
     def accepted(self) -> None:
-        self.server._start_handler(self.conn)
+        if self.server._answer is None:  # a built-in handler runs in buffer_updated
+            self.server._start_handler(self.conn)
 
     def messages_waiting(self) -> None:
         self.conn._wake()
@@ -260,6 +269,8 @@ class Server(ServerBase):
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._handler = handler
+        #: A built-in handler (``serve``'s relay or echo) runs inline, taskless.
+        self._answer = BUILT_IN.get(handler)
         self._process_request = process_request
         self.hub = hub
         self._tls_context = check_context(ssl)
