@@ -43,7 +43,9 @@ def answer_ping(hub: Hub, wire: ServerConnection, rtt: float) -> float:
     for _ in range(10):
         wakeup = hub.next_wakeup()
         assert wakeup is not None
-        hub.handle_timer(wakeup)
+        work = hub.handle_timer(wakeup)
+        for pinged, ping in work.pings:  # the timer's fast lane: the driver writes it
+            pinged.queue_frame(ping)
         pings = [f for f in parse_server_frames(wire.data_to_send()) if f.opcode == 0x9]
         if pings:
             wire.receive_data(frame(0xA, pings[0].payload), wakeup + rtt)
