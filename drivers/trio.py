@@ -15,24 +15,40 @@ Tasks, and why there are no others:
   wake-up inside a cancel scope; when an earlier one appears (a new
   connection, a close) the scope's ``deadline`` is moved earlier, never
   cancelled and re-created, and never touched per message.
-* Per connection: a reader (``receive_some`` → ``wire.receive_data(data,
-  now)`` → flush), a writer woken when the wire has output (so a slow socket
-  blocks only its own writer, never the ticker or a fan-out), and the
-  handler. No per-connection timer or liveness task.
+* ONE accept task per listener. On a plain socket listener it takes every
+  waiting connection per wake-up (up to ``ACCEPT_BATCH``) and only starts
+  each one's task: handshakes run there, side by side, never in the accept
+  loop. Other listeners (``trio.SSLListener``, memory listeners in tests)
+  are accepted from one stream at a time.
+* Per connection: ONE task, its reader (wait until readable → read →
+  ``wire.receive_data(data, now)`` → flush), and the handler once the
+  upgrade is accepted. Both live in the server-wide nursery, as does an
+  async handshake hook; no connection has a nursery of its own, and none a
+  timer or a liveness task.
+* No writer task while the kernel takes what is written. On a plain socket
+  (the standard library socket under a ``trio.SocketStream``, see
+  :func:`_stdlib_socket`) ``send`` writes straight to the non-blocking
+  socket from the flush that produced the bytes, a fan-out included; only
+  what the kernel refuses (its buffer is full) is kept, and a writer task
+  waits for the socket to be writable and exists only while that backlog
+  does. Streams that are not plain sockets (``trio.SSLStream``, memory
+  streams) are written by such a task while there is output to send.
 
 ``now`` is ``trio.current_time()``, so the whole server runs on
 ``trio.testing.MockClock``; :func:`serve_listeners` takes any
 ``trio.abc.Listener`` and :func:`serve_stream` any ``trio.abc.Stream``
-(``memory_stream_pair`` in tests). ``send`` never blocks: bytes go to the
-connection's buffer and its writer sends them; the buffer's size (plus what
-is in flight) is the wire's ``write_buffer_size``. While the wire says
-``reading_paused`` the reader waits. ``Terminate`` = RST (SO_LINGER 0 on a
-``SocketStream``'s socket, or the one under a ``trio.SSLStream``, the reader
-and writer cancelled); a graceful close is bounded by the hub
-(``Hub.closing``). Cancellation always reaches CLOSED:
-a connection whose tasks are cancelled is terminated in the core (cause
-``server_stopped``) and its stream closed in a ``finally``; once the server
-is drained, :func:`serve` cancels whatever handler is left and returns.
+(``memory_stream_pair`` in tests). ``send`` never blocks. The wire's
+``write_buffer_size`` is what the kernel has not taken yet (the backlog; on
+the stream path, plus what is inside ``send_all``): the core terminates slow
+consumers by it. While the wire says ``reading_paused`` the reader waits.
+``Terminate`` = RST (SO_LINGER 0 on the socket, or the one under a
+``trio.SSLStream``; the socket is closed at once, which wakes its reader, or
+the stream's reader and writer are cancelled); a graceful close waits for
+the backlog, bounded by the hub (``Hub.closing``). Cancellation always
+reaches CLOSED: a connection whose task is cancelled is terminated in the
+core (cause ``server_stopped``) and its socket closed in a ``finally``;
+once the server is drained, :func:`serve` cancels whatever handler is left
+and returns.
 
 Listeners: ``host:port`` or ``unix_path``, and ``host:metrics_port`` for
 ``/healthz`` and ``/metrics`` only. With ``ssl`` the WebSocket listeners are
