@@ -75,7 +75,7 @@ except ImportError as missing:  # an optional dependency: say which extra brings
         "wslifecycle.drivers.trio needs trio: pip install 'wslifecycle[trio]'", name=missing.name
     ) from missing
 
-from wslifecycle import TerminationCause
+from wslifecycle import ConnectionClosed, TerminationCause
 from wslifecycle.fleet.link import LinkEvent
 from wslifecycle.handshake import Accept, Address, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
@@ -255,7 +255,7 @@ class _Transport:
         if not self.writing:
             self.writing = True
             writer = self._send_backlog if self.sock is not None else self._send_stream
-            self.server._nursery.start_soon(writer)
+            self.server._nursery.start_soon(writer, name=_WRITER)
 
     async def _send_backlog(self) -> None:
         """Socket path: the kernel's buffer was full; send the rest as it
@@ -369,11 +369,13 @@ class _Transport:
 
     def accepted(self) -> None:
         server = self.server
+        if server._answer is not None:
+            return  # a built-in handler: the reader answers messages itself
         if self.wait_handler:
             self.handler_done = trio.Event()
-            server._nursery.start_soon(self._run_handler, self.handler_done)
+            server._nursery.start_soon(self._run_handler, self.handler_done, name=_HANDLER)
         else:
-            server._nursery.start_soon(run_handler, server._handler, self.conn)
+            server._nursery.start_soon(run_handler, server._handler, self.conn, name=_HANDLER)
 
     async def _run_handler(self, done: trio.Event) -> None:
         try:
@@ -442,6 +444,27 @@ def _tune(sock: socket.socket) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 2**14)
 
 
+#: Task names (a name per task is a string per connection otherwise).
+_CONNECTION = "wslifecycle connection"
+_HANDLER = "wslifecycle handler"
+_WRITER = "wslifecycle writer"
+
+#: A built-in handler's answer to one message, run in the reader.
+_Answer = Callable[[AsyncConnection, str | bytes], None]
+
+
+def _relay(conn: AsyncConnection, message: str | bytes) -> None:
+    conn.relay(message)
+
+
+def _echo(conn: AsyncConnection, message: str | bytes) -> None:
+    conn.send(message, critical=True)
+
+
+#: The handlers of ``wslifecycle serve``, and what each does per message
+#: (``relay_handler`` and ``echo_handler`` in ``_coroutine.py``).
+_BUILT_IN: dict[object, _Answer] = {relay_handler: _relay, echo_handler: _echo}
+
 #: Connections taken from the listening socket per wake-up, at most.
 ACCEPT_BATCH = 64
 #: accept() failures that mean "out of descriptors or memory": wait, retry
@@ -484,6 +507,9 @@ class Server(ServerBase):
         self._timer: trio.CancelScope | None = None
         self._drained = trio.Event()
         self._nursery_: trio.Nursery | None = None  # set by serve_listeners
+        #: A built-in handler runs in the reader, not in a task of its own.
+        self._answer = _BUILT_IN.get(handler)
+        self._armed_changes = -1  # hub.changes when the ticker's deadline was last checked
 
     @property
     def _nursery(self) -> trio.Nursery:
@@ -559,17 +585,23 @@ class Server(ServerBase):
         timer = self._timer
         if timer is None:
             return  # the ticker is ticking: it re-reads the wake-up next
+        changes = self.hub.changes
+        if changes == self._armed_changes:
+            return  # no deadline moved since the last look (a pong, a message)
+        self._armed_changes = changes
         wakeup = self.hub.next_wakeup()
         if wakeup is not None and wakeup < timer.deadline:
             timer.deadline = wakeup
 
     def _rearm(self) -> None:
+        self._armed_changes = -1  # the fleet's wake-up is not in hub.changes
         self._arm()
 
     async def _tick_forever(self) -> None:
         """The one timer of every connection."""
         hub = self.hub
         while True:
+            self._armed_changes = hub.changes
             wakeup = hub.next_wakeup()
             with trio.CancelScope(deadline=math.inf if wakeup is None else wakeup) as timer:
                 self._timer = timer
@@ -623,7 +655,7 @@ class Server(ServerBase):
                     log.error("accept failed (%s); retrying in 0.1 s", error)
                     await trio.sleep(0.1)
                     break
-                nursery.start_soon(serve, sock, address, plain_only)
+                nursery.start_soon(serve, sock, address, plain_only, name=_CONNECTION)
 
     async def _accept_streams(
         self, listener: trio.abc.Listener[trio.abc.Stream], plain_only: bool
@@ -639,7 +671,7 @@ class Server(ServerBase):
                 log.error("accept failed (%s); retrying in 0.1 s", error)
                 await trio.sleep(0.1)
                 continue
-            nursery.start_soon(self._serve_stream, stream, plain_only)
+            nursery.start_soon(self._serve_stream, stream, plain_only, name=_CONNECTION)
 
     # ------------------------------------------------------------ connections
 
@@ -651,17 +683,63 @@ class Server(ServerBase):
         except OSError:  # a descriptor gone bad already: nothing to serve
             sock.close()
             return
-        await self._run(self._open(sock, None, peer_address(address), plain_only))
+        transport = self._open(sock, None, peer_address(address), plain_only)
+        await self._run_socket(transport, sock)
+
+    async def _run_socket(self, transport: _Transport, sock: socket.socket) -> None:
+        """Read until the connection ends (then let a backlog finish);
+        whatever happens, the wire reaches CLOSED and the socket is closed.
+        One flat coroutine: an idle connection's memory is mostly the
+        frames it waits in."""
+        wire = transport.wire
+        recv_into = sock.recv_into
+        answer = self._answer
+        ready = True  # a new connection's request is usually there already
+        try:
+            while not wire.ended:
+                if wire.reading_paused:
+                    await self._reading_resumed(transport)
+                    continue
+                if not ready:
+                    await trio.lowlevel.wait_readable(sock)
+                ready = False
+                try:
+                    size = recv_into(_RECEIVE)
+                except BlockingIOError:
+                    continue
+                except OSError as error:
+                    self._lost(transport, error)
+                    break
+                if size:
+                    wire.receive_data(_RECEIVE[:size].tobytes(), trio.current_time())
+                else:
+                    wire.receive_eof(trio.current_time())
+                self.flush(wire)
+                if answer is not None and wire.messages_waiting:
+                    self._answer_inline(transport, answer)
+            else:
+                await self._writer_finished(transport)
+        except trio.ClosedResourceError:
+            pass  # closed under the wait: closed or terminated
+        finally:
+            # Only a cancellation (or a bug) gets here with the wire still open.
+            wire.terminate(trio.current_time(), TerminationCause.SERVER_STOPPED)
+            self.flush(wire)
+            transport._shut()
+            self._transports.pop(wire, None)
+            self._check_drained()
 
     async def _serve_stream(
         self, stream: trio.abc.Stream, plain_only: bool = False, *, wait_handler: bool = False
     ) -> None:
         sock = _plain_socket(stream)
-        transport = self._open(
-            sock, None if sock is not None else stream, _peer(stream), plain_only
-        )
+        served = None if sock is not None else stream
+        transport = self._open(sock, served, _peer(stream), plain_only)
         transport.wait_handler = wait_handler
-        await self._run(transport)
+        if sock is not None:
+            await self._run_socket(transport, sock)
+        else:
+            await self._run_stream(transport)
         if transport.handler_done is not None:
             await transport.handler_done.wait()
 
@@ -678,57 +756,24 @@ class Server(ServerBase):
         self._arm()
         return transport
 
-    async def _run(self, transport: _Transport) -> None:
-        """Read until the connection ends (then let a backlog finish);
-        whatever happens, the wire reaches CLOSED and the socket is closed."""
+    async def _run_stream(self, transport: _Transport) -> None:
+        """Read until the connection ends (then let the writer finish);
+        whatever happens, the wire reaches CLOSED and the stream is closed."""
+        stream = transport.stream
+        assert transport.scope is not None
+        assert stream is not None
         try:
-            if transport.sock is not None:
-                await self._read_socket(transport, transport.sock)
-            else:
-                assert transport.scope is not None
-                assert transport.stream is not None
-                with transport.scope:
-                    await self._read_stream(transport, transport.stream)
+            with transport.scope:
+                await self._read_stream(transport, stream)
         finally:
             # Only a cancellation (or a bug) gets here with the wire still open.
             transport.wire.terminate(trio.current_time(), TerminationCause.SERVER_STOPPED)
             self.flush(transport.wire)
             try:
-                if transport.stream is None:
-                    transport._shut()
-                else:
-                    await trio.aclose_forcefully(transport.stream)
+                await trio.aclose_forcefully(stream)
             finally:  # under cancellation, the await above raises
                 self._transports.pop(transport.wire, None)
                 self._check_drained()
-
-    async def _read_socket(self, transport: _Transport, sock: socket.socket) -> None:
-        wire = transport.wire
-        recv_into = sock.recv_into
-        ready = True  # a new connection's request is usually there already
-        try:
-            while not wire.ended:
-                if wire.reading_paused:
-                    await self._reading_resumed(transport)
-                    continue
-                if not ready:
-                    await trio.lowlevel.wait_readable(sock)
-                ready = False
-                try:
-                    size = recv_into(_RECEIVE)
-                except BlockingIOError:
-                    continue
-                except OSError as error:
-                    self._lost(transport, error)
-                    return
-                if size:
-                    wire.receive_data(_RECEIVE[:size].tobytes(), trio.current_time())
-                else:
-                    wire.receive_eof(trio.current_time())
-                self.flush(wire)
-            await self._writer_finished(transport)
-        except trio.ClosedResourceError:
-            return  # closed under the wait: closed or terminated
 
     async def _read_stream(self, transport: _Transport, stream: trio.abc.Stream) -> None:
         wire = transport.wire
@@ -746,6 +791,9 @@ class Server(ServerBase):
             else:
                 wire.receive_eof(trio.current_time())
             self.flush(wire)
+            answer = self._answer
+            if answer is not None and wire.messages_waiting:
+                self._answer_inline(transport, answer)
         await self._writer_finished(transport)
 
     @staticmethod
@@ -761,6 +809,22 @@ class Server(ServerBase):
         if transport.writing:
             transport.writer_done = trio.Event()
             await transport.writer_done.wait()
+
+    def _answer_inline(self, transport: _Transport, answer: _Answer) -> None:
+        """A built-in handler, run in the reader: what ``run_handler`` would
+        do with it, without a task (its ``async for`` would only ever wait
+        for the messages the reader has just queued)."""
+        conn = transport.conn
+        wire = transport.wire
+        try:
+            while (message := conn._take()) is not None:
+                answer(conn, message)
+        except ConnectionClosed:
+            return  # the connection ended under it: nothing to report
+        except Exception as error:
+            log.exception("handler failed connection=%s", wire.id)
+            wire.handler_failed(trio.current_time(), f"{type(error).__name__}: {error}")
+            self.flush(wire)
 
     def _lost(self, transport: _Transport, error: Exception) -> None:
         """The stream failed under us (reset, broken pipe, a TLS failure)."""

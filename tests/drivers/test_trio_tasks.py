@@ -9,6 +9,7 @@ import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+import pytest
 import trio
 import trio.testing
 from wsproto import ConnectionType, WSConnection
@@ -82,10 +83,25 @@ def run(test: Callable[[driver.Server], Awaitable[None]], handler: driver.Handle
     trio.run(main)
 
 
-def test_an_idle_connection_holds_its_reader_and_its_handler_and_nothing_else() -> None:
-    """50 idle connections add at most 2 tasks each (the old driver held
-    five: serving, transport, reader, writer, handler) and no nursery; once
-    they close, tasks and descriptors are back where they were."""
+async def echo(conn: driver.Connection) -> None:
+    """A handler of the application's own (not the driver's built-in echo)."""
+    async for message in conn:
+        conn.send(message)
+
+
+@pytest.mark.parametrize(
+    ("handler", "per_connection"),
+    [(echo, 2), (driver.echo_handler, 1), (driver.relay_handler, 1)],
+    ids=["own-handler", "built-in-echo", "built-in-relay"],
+)
+def test_an_idle_connection_holds_its_reader_and_its_handler_and_nothing_else(
+    handler: driver.Handler, per_connection: int
+) -> None:
+    """50 idle connections add at most 2 tasks each, the reader and the
+    handler (the old driver held five: serving, transport, reader, writer,
+    handler, and two nurseries), 1 with a built-in handler, which runs in
+    the reader; once they close, tasks and descriptors are back where they
+    were."""
 
     async def test(server: driver.Server) -> None:
         await trio.testing.wait_all_tasks_blocked()
@@ -93,7 +109,11 @@ def test_an_idle_connection_holds_its_reader_and_its_handler_and_nothing_else() 
         clients = [await Client.open(server.port) for _ in range(CONNECTIONS)]
         await trio.testing.wait_all_tasks_blocked()
         assert len(server.connections) == CONNECTIONS
-        assert task_count() - tasks <= 2 * CONNECTIONS
+        assert task_count() - tasks <= per_connection * CONNECTIONS
+        await clients[0].send("still answered")
+        assert [event.data for event in await clients[0].events()] == [  # type: ignore[attr-defined]
+            "still answered"
+        ]
         for client in clients:
             await client.stream.aclose()
         while server.connections:
@@ -102,7 +122,7 @@ def test_an_idle_connection_holds_its_reader_and_its_handler_and_nothing_else() 
         assert task_count() == tasks
         assert open_fds() == fds
 
-    run(test, driver.echo_handler)
+    run(test, handler)
 
 
 async def flood(conn: driver.Connection) -> None:
