@@ -323,6 +323,8 @@ class _Transport:
             if sock.fileno() >= 0:
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
+            if self.reading is not None:
+                self.reading.set()  # a reader paused by the wire: it ends too
         else:
             assert self.scope is not None
             self.scope.cancel()
@@ -696,7 +698,7 @@ class Server(ServerBase):
         answer = self._answer
         ready = True  # a new connection's request is usually there already
         try:
-            while not wire.ended:
+            while not wire.ended and sock.fileno() >= 0:
                 if wire.reading_paused:
                     await self._reading_resumed(transport)
                     continue

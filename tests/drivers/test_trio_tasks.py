@@ -15,7 +15,7 @@ import trio.testing
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
-from wslifecycle import Config
+from wslifecycle import Config, State, TerminationCause
 from wslifecycle.drivers import trio as driver
 
 CONNECTIONS = 50
@@ -162,3 +162,40 @@ def test_a_backlog_is_counted_until_the_kernel_takes_it_then_sent_in_full() -> N
         await client.stream.aclose()
 
     run(test, flood)
+
+
+async def read_to_the_end(client: Client) -> None:
+    while True:
+        await client.events()
+
+
+async def never_reads(conn: driver.Connection) -> None:
+    await conn.wait_closed()
+
+
+def test_a_reader_paused_by_a_full_inbox_ends_when_its_connection_is_terminated() -> None:
+    """A handler that never takes a message: the inbox fills, the wire
+    pauses reading, and the reader waits on that, not on the socket. A
+    termination (RST) then still ends the reader: the connection is gone,
+    and so are its tasks and its descriptor."""
+
+    async def test(server: driver.Server) -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        tasks, fds = task_count(), open_fds()
+        client = await Client.open(server.port)
+        (conn,) = server.connections
+        while not conn.wire.reading_paused:
+            await client.send("unread")
+            await trio.testing.wait_all_tasks_blocked()
+        conn.wire.terminate(trio.current_time(), TerminationCause.SLOW_CONSUMER)
+        server.flush(conn.wire)
+        with pytest.raises(trio.BrokenResourceError):  # the RST
+            await read_to_the_end(client)
+        await client.stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.connections == []
+        assert conn.state is State.CLOSED
+        assert task_count() == tasks
+        assert open_fds() == fds
+
+    run(test, never_reads)
