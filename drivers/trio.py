@@ -24,7 +24,9 @@ Tasks, and why there are no others:
   ``wire.receive_data(data, now)`` → flush), and the handler once the
   upgrade is accepted. Both live in the server-wide nursery, as does an
   async handshake hook; no connection has a nursery of its own, and none a
-  timer or a liveness task.
+  timer or a liveness task. The built-in handlers (``relay_handler``,
+  ``echo_handler``: ``wslifecycle serve``) need no task: the reader answers
+  the messages it has just queued, as their ``async for`` would.
 * No writer task while the kernel takes what is written. On a plain socket
   (the standard library socket under a ``trio.SocketStream``, see
   :func:`_stdlib_socket`) ``send`` writes straight to the non-blocking
