@@ -15,24 +15,42 @@ Tasks, and why there are no others:
   wake-up inside a cancel scope; when an earlier one appears (a new
   connection, a close) the scope's ``deadline`` is moved earlier, never
   cancelled and re-created, and never touched per message.
-* Per connection: a reader (``receive_some`` → ``wire.receive_data(data,
-  now)`` → flush), a writer woken when the wire has output (so a slow socket
-  blocks only its own writer, never the ticker or a fan-out), and the
-  handler. No per-connection timer or liveness task.
+* ONE accept task per listener. On a plain socket listener it takes every
+  waiting connection per wake-up (up to ``ACCEPT_BATCH``) and only starts
+  each one's task: handshakes run there, side by side, never in the accept
+  loop. Other listeners (``trio.SSLListener``, memory listeners in tests)
+  are accepted from one stream at a time.
+* Per connection: ONE task, its reader (wait until readable → read →
+  ``wire.receive_data(data, now)`` → flush), and the handler once the
+  upgrade is accepted. Both live in the server-wide nursery, as does an
+  async handshake hook; no connection has a nursery of its own, and none a
+  timer or a liveness task. The built-in handlers (``relay_handler``,
+  ``echo_handler``: ``wslifecycle serve``) need no task: the reader answers
+  the messages it has just queued, as their ``async for`` would.
+* No writer task while the kernel takes what is written. On a plain socket
+  (the standard library socket under a ``trio.SocketStream``, see
+  :func:`_stdlib_socket`) ``send`` writes straight to the non-blocking
+  socket from the flush that produced the bytes, a fan-out included; only
+  what the kernel refuses (its buffer is full) is kept, and a writer task
+  waits for the socket to be writable and exists only while that backlog
+  does. Streams that are not plain sockets (``trio.SSLStream``, memory
+  streams) are written by such a task while there is output to send.
 
 ``now`` is ``trio.current_time()``, so the whole server runs on
 ``trio.testing.MockClock``; :func:`serve_listeners` takes any
 ``trio.abc.Listener`` and :func:`serve_stream` any ``trio.abc.Stream``
-(``memory_stream_pair`` in tests). ``send`` never blocks: bytes go to the
-connection's buffer and its writer sends them; the buffer's size (plus what
-is in flight) is the wire's ``write_buffer_size``. While the wire says
-``reading_paused`` the reader waits. ``Terminate`` = RST (SO_LINGER 0 on a
-``SocketStream``'s socket, or the one under a ``trio.SSLStream``, the reader
-and writer cancelled); a graceful close is bounded by the hub
-(``Hub.closing``). Cancellation always reaches CLOSED:
-a connection whose tasks are cancelled is terminated in the core (cause
-``server_stopped``) and its stream closed in a ``finally``; once the server
-is drained, :func:`serve` cancels whatever handler is left and returns.
+(``memory_stream_pair`` in tests). ``send`` never blocks. The wire's
+``write_buffer_size`` is what the kernel has not taken yet (the backlog; on
+the stream path, plus what is inside ``send_all``): the core terminates slow
+consumers by it. While the wire says ``reading_paused`` the reader waits.
+``Terminate`` = RST (SO_LINGER 0 on the socket, or the one under a
+``trio.SSLStream``; the socket is closed at once, which wakes its reader, or
+the stream's reader and writer are cancelled); a graceful close waits for
+the backlog, bounded by the hub (``Hub.closing``). Cancellation always
+reaches CLOSED: a connection whose task is cancelled is terminated in the
+core (cause ``server_stopped``) and its socket closed in a ``finally``;
+once the server is drained, :func:`serve` cancels whatever handler is left
+and returns.
 
 Listeners: ``host:port`` or ``unix_path``, and ``host:metrics_port`` for
 ``/healthz`` and ``/metrics`` only. With ``ssl`` the WebSocket listeners are
@@ -44,11 +62,12 @@ handshakes on its first read, so the handshake timeout covers TLS too
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
+import socket
 import ssl as _ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
-from functools import partial
 from typing import Any, Unpack
 
 try:
@@ -58,7 +77,7 @@ except ImportError as missing:  # an optional dependency: say which extra brings
         "wslifecycle.drivers.trio needs trio: pip install 'wslifecycle[trio]'", name=missing.name
     ) from missing
 
-from wslifecycle import TerminationCause
+from wslifecycle import ConnectionClosed, TerminationCause
 from wslifecycle.fleet.link import LinkEvent
 from wslifecycle.handshake import Accept, Address, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
@@ -112,75 +131,226 @@ RECEIVE_SIZE = 65536
 class Connection(AsyncConnection):
     """A WebSocket connection as a handler sees it (see :class:`AsyncConnection`)."""
 
-    __slots__ = ("_arrived", "_closed", "_stream")
+    __slots__ = ("_closed", "_closed_event", "_waiter")
 
-    def __init__(self, server: Server, wire: ServerConnection, stream: trio.abc.Stream) -> None:
+    def __init__(self, server: Server, wire: ServerConnection) -> None:
         super().__init__(server, wire)
-        self._stream = stream
-        self._arrived = trio.Event()
-        self._closed = trio.Event()
+        # The handler's task while it waits for a message: rescheduled
+        # directly, so an idle connection holds no Event.
+        self._waiter: trio.lowlevel.Task | None = None
+        self._closed = False
+        self._closed_event: trio.Event | None = None  # made on first wait_closed
 
     async def _arrival(self) -> None:
-        self._arrived = trio.Event()
-        await self._arrived.wait()
+        self._waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_arrival)
+
+    def _abort_arrival(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake(self) -> None:
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._closed_event is None:
+            self._closed_event = trio.Event()
+        await self._closed_event.wait()
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+        if self._closed_event is not None:
+            self._closed_event.set()
+        self._wake()
+
+
+#: One receive buffer for every connection: a reader fills it and copies out
+#: what came before its next await, so reads never interleave (a fresh 64 KiB
+#: bytes object per read, shrunk to an 8-byte pong, costs more than the pong).
+_RECEIVE = memoryview(bytearray(RECEIVE_SIZE))
 
 
 class _Transport:
-    """The stream side of one connection, and the transport operations that
-    carry out its wire's output."""
+    """The socket (or stream) side of one connection, and the transport
+    operations that carry out its wire's output.
+
+    ``sock`` is set on the socket path: the standard library socket under a
+    plain ``trio.SocketStream`` (or accepted by the server's own accept
+    loop), written synchronously. ``stream`` is set otherwise (TLS, memory
+    streams): written by a task that lives only while there is output."""
 
     __slots__ = (
         "aborting",
         "closing",
         "conn",
+        "error",
+        "handler_done",
         "hook_scope",
         "in_flight",
-        "nursery",
         "out",
         "reading",
         "scope",
         "server",
+        "sock",
         "stream",
+        "wait_handler",
         "wire",
-        "writer_wakeup",
+        "writer_done",
+        "writer_scope",
+        "writing",
     )
 
-    def __init__(self, server: Server, wire: ServerConnection, stream: trio.abc.Stream) -> None:
+    def __init__(
+        self,
+        server: Server,
+        wire: ServerConnection,
+        sock: socket.socket | None,
+        stream: trio.abc.Stream | None,
+    ) -> None:
         self.server = server
         self.wire = wire
+        self.sock = sock
         self.stream = stream
-        self.conn = Connection(server, wire, stream)
-        self.out = bytearray()  # written by the wire, not yet sent
-        self.in_flight = 0  # bytes inside the current send_all
+        self.conn = Connection(server, wire)
+        self.out = bytearray()  # written by the wire, not yet taken by the kernel
+        self.in_flight = 0  # stream path: bytes inside the current send_all
+        self.writing = False  # a writer task runs (there is a backlog)
         self.closing = False  # CloseTransport: close once ``out`` is sent
-        self.aborting = False  # Terminate: drop now
-        self.writer_wakeup = trio.Event()
-        self.reading = trio.Event()  # set when a paused reader may go on
-        self.scope = trio.CancelScope()  # the reader and the writer
-        self.nursery: trio.Nursery | None = None  # the transport and the handler
+        self.aborting = False  # Terminate, or the socket failed: drop now
+        self.error: OSError | None = None  # a synchronous send failed
+        self.reading: trio.Event | None = None  # set when a paused reader may go on
+        self.writer_done: trio.Event | None = None  # the reader waits for the writer
+        self.wait_handler = False  # serve_stream: wait for the handler too
+        self.handler_done: trio.Event | None = None  # made when that handler starts
+        # The stream path's reader and writer (the socket path closes the socket instead).
+        self.scope: trio.CancelScope | None = None if sock is not None else trio.CancelScope()
+        self.writer_scope: trio.CancelScope | None = None
         self.hook_scope: trio.CancelScope | None = None  # an async handshake hook
 
     # TransportOps
     def write(self, data: bytes) -> None:
-        if not self.aborting:
+        if self.aborting:
+            return
+        sock = self.sock
+        if sock is None or self.out:  # a stream, or a backlog: queue after it
             self.out += data
-            self.writer_wakeup.set()
+            self._start_writer()
+            return
+        try:
+            sent = sock.send(data)  # non-blocking: takes what the kernel has room for
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:  # reset, broken pipe: the flush that called us ends it
+            self.error = error
+            return
+        if sent < len(data):
+            self.out += memoryview(data)[sent:]
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        if not self.writing:
+            self.writing = True
+            writer = self._send_backlog if self.sock is not None else self._send_stream
+            self.server._nursery.start_soon(writer, name=_WRITER)
+
+    async def _send_backlog(self) -> None:
+        """Socket path: the kernel's buffer was full; send the rest as it
+        drains, then close if the wire asked to. Lives only while there is a
+        backlog."""
+        sock = self.sock
+        assert sock is not None
+        out = self.out
+        try:
+            while out:
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    sent = sock.send(out)
+                except BlockingIOError:
+                    continue
+                except OSError as error:
+                    self.server._lost(self, error)
+                    return
+                del out[:sent]  # cheap: a bytearray drops its head in place
+                self.wire.write_buffer_size = len(out)
+            if self.closing:
+                self._shut()
+        except trio.ClosedResourceError:
+            pass  # aborted: the socket was closed under the wait
+        finally:
+            self._writer_ended()
+
+    async def _send_stream(self) -> None:
+        """Stream path: send what the wire wrote, then close if it asked to.
+        Lives only while there is output."""
+        stream = self.stream
+        assert stream is not None
+        out = self.out
+        try:
+            with trio.CancelScope() as self.writer_scope:
+                while out:
+                    data = bytes(out)
+                    out.clear()
+                    self.in_flight = len(data)
+                    try:
+                        await stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                        self.server._lost(self, error)
+                        return
+                    finally:
+                        self.in_flight = 0
+                        self.wire.write_buffer_size = len(out)
+                if self.closing:
+                    self._shut()
+        finally:
+            self.writer_scope = None
+            self._writer_ended()
+
+    def _writer_ended(self) -> None:
+        self.writing = False
+        if self.writer_done is not None:
+            self.writer_done.set()
+
+    def _shut(self) -> None:
+        """End the connection's I/O now: close the socket (its reader wakes
+        with ClosedResourceError), or cancel the stream's reader and writer
+        (the reader's ``finally`` closes the stream)."""
+        sock = self.sock
+        if sock is not None:
+            if sock.fileno() >= 0:
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
+            if self.reading is not None:
+                self.reading.set()  # a reader paused by the wire: it ends too
+        else:
+            assert self.scope is not None
+            self.scope.cancel()
+            if self.writer_scope is not None:
+                self.writer_scope.cancel()
+
+    def backlog(self) -> int:
+        return len(self.out) + self.in_flight
 
     def close(self) -> None:
         self.closing = True
-        self.writer_wakeup.set()
-        # The last write may not hang on a peer that stopped reading: the hub
-        # hands the connection back after close_timeout if it is still open.
-        self.server.hub.closing(self.wire, trio.current_time())
+        if self.writing and not self.aborting:
+            # The last write may not hang on a peer that stopped reading: the
+            # hub hands the connection back after close_timeout if still open.
+            self.server.hub.closing(self.wire, trio.current_time())
+        else:
+            self._shut()
 
     def abort(self) -> None:
         self.aborting = True
         self.out.clear()
-        reset_socket(_socket_of(self.stream))  # the close that follows is an RST
-        self.scope.cancel()
+        sock = self.sock
+        reset_socket(sock if sock is not None else _socket_of(self.stream))  # an RST
+        self._shut()
 
     def handshake(self, request: HandshakeRequest) -> None:
         server = self.server
@@ -190,9 +360,8 @@ class _Transport:
         if pending is None:
             answer_handshake(server, self.wire, answer)
         else:
-            assert self.nursery is not None
             self.hook_scope = trio.CancelScope()
-            self.nursery.start_soon(self._await_hook, pending, self.hook_scope)
+            server._nursery.start_soon(self._await_hook, pending, self.hook_scope)
 
     async def _await_hook(
         self, pending: Awaitable[Accept | Reject | None], scope: trio.CancelScope
@@ -203,25 +372,58 @@ class _Transport:
             answer_handshake(self.server, self.wire, answer)
 
     def accepted(self) -> None:
-        assert self.nursery is not None
-        self.nursery.start_soon(run_handler, self.server._handler, self.conn)
+        server = self.server
+        if server._answer is not None:
+            return  # a built-in handler: the reader answers messages itself
+        if self.wait_handler:
+            self.handler_done = trio.Event()
+            server._nursery.start_soon(self._run_handler, self.handler_done, name=_HANDLER)
+        else:
+            server._nursery.start_soon(run_handler, server._handler, self.conn, name=_HANDLER)
+
+    async def _run_handler(self, done: trio.Event) -> None:
+        try:
+            await run_handler(self.server._handler, self.conn)
+        finally:
+            done.set()
 
     def messages_waiting(self) -> None:
-        self.conn._arrived.set()
+        self.conn._wake()
 
     def sync_reading(self, paused: bool) -> None:
-        if not paused:
+        if not paused and self.reading is not None:
             self.reading.set()  # a paused reader reads the peer's close frame
 
     def closed(self) -> None:
         if self.hook_scope is not None:  # the handshake timed out under the hook
             self.hook_scope.cancel()
             self.hook_scope = None
-        self.conn._closed.set()
-        self.conn._arrived.set()
+        self.conn._mark_closed()
 
 
-def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+def _stdlib_socket(sock: trio.socket.SocketType) -> socket.socket | None:
+    """The standard library socket inside a Trio socket, if it can be reached.
+
+    Trio's socket object wraps exactly one standard library socket (made
+    non-blocking by it), and closing either closes that one descriptor. This
+    driver reads, writes and closes that same object (closing with
+    ``notify_closing`` first, as Trio's own ``close`` does), so there is one
+    owner of one descriptor. Not ``dup()``: a second descriptor per
+    connection halves how many connections fit under ``ulimit -n``. Not
+    ``socket.socket(fileno=...)``: two objects would own one descriptor, and
+    the second close could close a descriptor reused meanwhile. The
+    attribute is Trio's private name: without it (another Trio), the
+    stream path serves the connection, only slower."""
+    raw = getattr(sock, "_sock", None)
+    return raw if isinstance(raw, socket.socket) else None
+
+
+def _plain_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The socket under a plain ``trio.SocketStream`` (None for TLS, memory...)."""
+    return _stdlib_socket(stream.socket) if isinstance(stream, trio.SocketStream) else None
+
+
+def _socket_of(stream: trio.abc.Stream | None) -> trio.socket.SocketType | None:
     """The socket under ``stream`` (under its TLS too), if it has one."""
     if isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
@@ -233,6 +435,59 @@ def _listener_socket(listener: trio.abc.Listener[trio.abc.Stream]) -> trio.socke
     if isinstance(listener, trio.SSLListener):
         listener = listener.transport_listener
     return listener.socket if isinstance(listener, trio.SocketListener) else None
+
+
+def _tune(sock: socket.socket) -> None:
+    """What ``trio.SocketStream`` sets on a socket: no Nagle delay, and at
+    most 16 KiB unsent in the kernel (so ``write_buffer_size``, what the
+    kernel has not taken, is what the peer has not read, give or take)."""
+    if sock.family != socket.AF_UNIX:
+        with contextlib.suppress(OSError):  # reset already: the reader finds out
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 2**14)
+
+
+#: Task names (a name per task is a string per connection otherwise).
+_CONNECTION = "wslifecycle connection"
+_HANDLER = "wslifecycle handler"
+_WRITER = "wslifecycle writer"
+
+#: A built-in handler's answer to one message, run in the reader.
+_Answer = Callable[[AsyncConnection, str | bytes], None]
+
+
+def _relay(conn: AsyncConnection, message: str | bytes) -> None:
+    conn.relay(message)
+
+
+def _echo(conn: AsyncConnection, message: str | bytes) -> None:
+    conn.send(message, critical=True)
+
+
+#: The handlers of ``wslifecycle serve``, and what each does per message
+#: (``relay_handler`` and ``echo_handler`` in ``_coroutine.py``).
+_BUILT_IN: dict[object, _Answer] = {relay_handler: _relay, echo_handler: _echo}
+
+#: Connections taken from the listening socket per wake-up, at most.
+ACCEPT_BATCH = 64
+#: accept() failures that mean "out of descriptors or memory": wait, retry
+#: (as ``trio.serve_listeners`` does).
+_ACCEPT_CAPACITY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: accept() failures that concern only the connection being accepted.
+_ACCEPT_IGNORABLE = {
+    errno.ECONNABORTED,
+    errno.EPROTO,
+    errno.EPERM,
+    errno.ENETDOWN,
+    errno.ENOPROTOOPT,
+    errno.EHOSTDOWN,
+    errno.EHOSTUNREACH,
+    errno.EOPNOTSUPP,
+    errno.ENETUNREACH,
+    errno.ETIMEDOUT,
+    errno.ECONNRESET,
+}
 
 
 class Server(ServerBase):
@@ -255,6 +510,18 @@ class Server(ServerBase):
         self._transports: dict[ServerConnection, _Transport] = {}
         self._timer: trio.CancelScope | None = None
         self._drained = trio.Event()
+        self._nursery_: trio.Nursery | None = None  # set by serve_listeners
+        #: A built-in handler runs in the reader, not in a task of its own.
+        self._answer = _BUILT_IN.get(handler)
+        self._armed_changes = -1  # hub.changes when the ticker's deadline was last checked
+
+    @property
+    def _nursery(self) -> trio.Nursery:
+        """The server-wide nursery: connections, handlers, hooks, backlogs."""
+        nursery = self._nursery_
+        if nursery is None:
+            raise RuntimeError("this server is not serving (start it with serve_listeners)")
+        return nursery
 
     # ----------------------------------------------------------------- control
 
@@ -298,13 +565,18 @@ class Server(ServerBase):
     # ---------------------------------------------------------------- events
 
     def flush(self, wire: ServerConnection) -> None:
-        """Hand a wire's output to its writer and act on its actions; keep
-        the ticker's deadline at the hub's next wake-up."""
+        """Write a wire's output and act on its actions; keep the ticker's
+        deadline at the hub's next wake-up."""
         transport = self._transports.get(wire)
         if transport is None:
             return  # its stream is closed: nothing more to write or deliver
         carry_out(wire, transport, self)
-        wire.write_buffer_size = len(transport.out) + transport.in_flight
+        error = transport.error
+        if error is not None:  # a send failed: the connection is lost
+            transport.error = None
+            self._lost(transport, error)
+            return
+        wire.write_buffer_size = transport.backlog()
         self._arm()
 
     def _reset(self, wire: ServerConnection) -> None:
@@ -317,17 +589,23 @@ class Server(ServerBase):
         timer = self._timer
         if timer is None:
             return  # the ticker is ticking: it re-reads the wake-up next
+        changes = self.hub.changes
+        if changes == self._armed_changes:
+            return  # no deadline moved since the last look (a pong, a message)
+        self._armed_changes = changes
         wakeup = self.hub.next_wakeup()
         if wakeup is not None and wakeup < timer.deadline:
             timer.deadline = wakeup
 
     def _rearm(self) -> None:
+        self._armed_changes = -1  # the fleet's wake-up is not in hub.changes
         self._arm()
 
     async def _tick_forever(self) -> None:
         """The one timer of every connection."""
         hub = self.hub
         while True:
+            self._armed_changes = hub.changes
             wakeup = hub.next_wakeup()
             with trio.CancelScope(deadline=math.inf if wakeup is None else wakeup) as timer:
                 self._timer = timer
@@ -340,40 +618,173 @@ class Server(ServerBase):
         if self.hub.drained and not self._transports:
             self._drained.set()
 
+    # -------------------------------------------------------------- accepting
+
+    async def _accept(
+        self,
+        listener: trio.abc.Listener[trio.abc.Stream],
+        plain_only: bool,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on ``listener`` until cancelled, then close it."""
+        async with listener:
+            listening = (
+                _stdlib_socket(listener.socket)
+                if isinstance(listener, trio.SocketListener)
+                else None
+            )
+            task_status.started()
+            if listening is not None:
+                await self._accept_sockets(listening, plain_only)
+            else:
+                await self._accept_streams(listener, plain_only)
+
+    async def _accept_sockets(self, listening: socket.socket, plain_only: bool) -> None:
+        """A plain socket listener: take every waiting connection per wake-up
+        and start its one task; its handshake runs there, not here."""
+        nursery = self._nursery
+        serve = self._serve_socket
+        while True:
+            await trio.lowlevel.wait_readable(listening)
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    sock, address = listening.accept()
+                except BlockingIOError:
+                    break
+                except OSError as error:
+                    if error.errno in _ACCEPT_IGNORABLE:
+                        continue
+                    if error.errno not in _ACCEPT_CAPACITY:
+                        raise
+                    log.error("accept failed (%s); retrying in 0.1 s", error)
+                    await trio.sleep(0.1)
+                    break
+                nursery.start_soon(serve, sock, address, plain_only, name=_CONNECTION)
+
+    async def _accept_streams(
+        self, listener: trio.abc.Listener[trio.abc.Stream], plain_only: bool
+    ) -> None:
+        """Any other listener (TLS, memory): its streams, one at a time."""
+        nursery = self._nursery
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as error:
+                if error.errno not in _ACCEPT_CAPACITY:
+                    raise
+                log.error("accept failed (%s); retrying in 0.1 s", error)
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(self._serve_stream, stream, plain_only, name=_CONNECTION)
+
     # ------------------------------------------------------------ connections
 
-    async def _serve_stream(self, stream: trio.abc.Stream, plain_only: bool = False) -> None:
-        wire = self.hub.open(trio.current_time(), _peer(stream), plain_only=plain_only)
-        transport = _Transport(self, wire, stream)
-        self._transports[transport.wire] = transport
-        self._arm()
-        async with trio.open_nursery() as nursery:
-            transport.nursery = nursery
-            nursery.start_soon(self._run_transport, transport)
+    async def _serve_socket(self, sock: socket.socket, address: object, plain_only: bool) -> None:
+        """The one task of a connection from the server's own accept loop."""
+        try:
+            sock.setblocking(False)
+            _tune(sock)
+        except OSError:  # a descriptor gone bad already: nothing to serve
+            sock.close()
+            return
+        transport = self._open(sock, None, peer_address(address), plain_only)
+        await self._run_socket(transport, sock)
 
-    async def _run_transport(self, transport: _Transport) -> None:
+    async def _run_socket(self, transport: _Transport, sock: socket.socket) -> None:
+        """Read until the connection ends (then let a backlog finish);
+        whatever happens, the wire reaches CLOSED and the socket is closed.
+        One flat coroutine: an idle connection's memory is mostly the
+        frames it waits in."""
+        wire = transport.wire
+        recv_into = sock.recv_into
+        answer = self._answer
+        ready = True  # a new connection's request is usually there already
+        try:
+            while not wire.ended and sock.fileno() >= 0:
+                if wire.reading_paused:
+                    await self._reading_resumed(transport)
+                    continue
+                if not ready:
+                    await trio.lowlevel.wait_readable(sock)
+                ready = False
+                try:
+                    size = recv_into(_RECEIVE)
+                except BlockingIOError:
+                    continue
+                except OSError as error:
+                    self._lost(transport, error)
+                    break
+                if size:
+                    wire.receive_data(_RECEIVE[:size].tobytes(), trio.current_time())
+                else:
+                    wire.receive_eof(trio.current_time())
+                self.flush(wire)
+                if answer is not None and wire.messages_waiting:
+                    self._answer_inline(transport, answer)
+            else:
+                await self._writer_finished(transport)
+        except trio.ClosedResourceError:
+            pass  # closed under the wait: closed or terminated
+        finally:
+            # Only a cancellation (or a bug) gets here with the wire still open.
+            wire.terminate(trio.current_time(), TerminationCause.SERVER_STOPPED)
+            self.flush(wire)
+            transport._shut()
+            self._transports.pop(wire, None)
+            self._check_drained()
+
+    async def _serve_stream(
+        self, stream: trio.abc.Stream, plain_only: bool = False, *, wait_handler: bool = False
+    ) -> None:
+        sock = _plain_socket(stream)
+        served = None if sock is not None else stream
+        transport = self._open(sock, served, _peer(stream), plain_only)
+        transport.wait_handler = wait_handler
+        if sock is not None:
+            await self._run_socket(transport, sock)
+        else:
+            await self._run_stream(transport)
+        if transport.handler_done is not None:
+            await transport.handler_done.wait()
+
+    def _open(
+        self,
+        sock: socket.socket | None,
+        stream: trio.abc.Stream | None,
+        peer: Address | None,
+        plain_only: bool,
+    ) -> _Transport:
+        wire = self.hub.open(trio.current_time(), peer, plain_only=plain_only)
+        transport = _Transport(self, wire, sock, stream)
+        self._transports[wire] = transport
+        self._arm()
+        return transport
+
+    async def _run_stream(self, transport: _Transport) -> None:
+        """Read until the connection ends (then let the writer finish);
+        whatever happens, the wire reaches CLOSED and the stream is closed."""
+        stream = transport.stream
+        assert transport.scope is not None
+        assert stream is not None
         try:
             with transport.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read, transport)
-                    nursery.start_soon(self._write, transport)
+                await self._read_stream(transport, stream)
         finally:
             # Only a cancellation (or a bug) gets here with the wire still open.
             transport.wire.terminate(trio.current_time(), TerminationCause.SERVER_STOPPED)
             self.flush(transport.wire)
             try:
-                await trio.aclose_forcefully(transport.stream)
+                await trio.aclose_forcefully(stream)
             finally:  # under cancellation, the await above raises
                 self._transports.pop(transport.wire, None)
                 self._check_drained()
 
-    async def _read(self, transport: _Transport) -> None:
+    async def _read_stream(self, transport: _Transport, stream: trio.abc.Stream) -> None:
         wire = transport.wire
-        stream = transport.stream
         while not wire.ended:
-            while wire.reading_paused:
-                transport.reading = trio.Event()
-                await transport.reading.wait()
+            if wire.reading_paused:
+                await self._reading_resumed(transport)
+                continue
             try:
                 data = await stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
@@ -384,28 +795,40 @@ class Server(ServerBase):
             else:
                 wire.receive_eof(trio.current_time())
             self.flush(wire)
+            answer = self._answer
+            if answer is not None and wire.messages_waiting:
+                self._answer_inline(transport, answer)
+        await self._writer_finished(transport)
 
-    async def _write(self, transport: _Transport) -> None:
-        stream = transport.stream
-        while True:
-            if transport.out:
-                data = bytes(transport.out)
-                transport.out.clear()
-                transport.in_flight = len(data)
-                try:
-                    await stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                    self._lost(transport, error)
-                    return
-                finally:
-                    transport.in_flight = 0
-                    transport.wire.write_buffer_size = len(transport.out)
-            elif transport.closing:
-                transport.scope.cancel()  # written: stop reading, close
-                return
-            else:
-                transport.writer_wakeup = trio.Event()
-                await transport.writer_wakeup.wait()
+    @staticmethod
+    async def _reading_resumed(transport: _Transport) -> None:
+        transport.reading = trio.Event()
+        await transport.reading.wait()
+        transport.reading = None
+
+    @staticmethod
+    async def _writer_finished(transport: _Transport) -> None:
+        """The wire has ended: a backlog still being sent is sent (the hub
+        bounds it) before the socket closes."""
+        if transport.writing:
+            transport.writer_done = trio.Event()
+            await transport.writer_done.wait()
+
+    def _answer_inline(self, transport: _Transport, answer: _Answer) -> None:
+        """A built-in handler, run in the reader: what ``run_handler`` would
+        do with it, without a task (its ``async for`` would only ever wait
+        for the messages the reader has just queued)."""
+        conn = transport.conn
+        wire = transport.wire
+        try:
+            while (message := conn._take()) is not None:
+                answer(conn, message)
+        except ConnectionClosed:
+            return  # the connection ended under it: nothing to report
+        except Exception as error:
+            log.exception("handler failed connection=%s", wire.id)
+            wire.handler_failed(trio.current_time(), f"{type(error).__name__}: {error}")
+            self.flush(wire)
 
     def _lost(self, transport: _Transport, error: Exception) -> None:
         """The stream failed under us (reset, broken pipe, a TLS failure)."""
@@ -417,8 +840,10 @@ class Server(ServerBase):
             wire.transport_lost(trio.current_time(), f"TLS: {reason}")
         else:
             wire.transport_lost(trio.current_time(), f"{type(error).__name__}: {error}")
+        transport.aborting = True  # nothing more can be written
+        transport.out.clear()
         self.flush(wire)
-        transport.scope.cancel()
+        transport._shut()
 
 
 def _peer(stream: trio.abc.Stream) -> Address | None:
@@ -448,7 +873,7 @@ async def serve_stream(
     """Serve one accepted stream (any ``trio.abc.Stream``) on ``server`` until
     its connection has ended and its handler returned; the stream is closed.
     ``plain_only``: answer ``/healthz`` and ``/metrics`` only (404 otherwise)."""
-    await server._serve_stream(stream, plain_only)
+    await server._serve_stream(stream, plain_only, wait_handler=True)
 
 
 async def serve_listeners(
@@ -492,17 +917,11 @@ async def _serve_in(
     task_status: trio.TaskStatus[Server],
 ) -> None:
     """Run the ticker and the listeners in ``nursery`` until drained."""
+    server._nursery_ = nursery
     nursery.start_soon(server._tick_forever)
     for serving, plain_only in ((listeners, False), (metrics_listeners, True)):
-        if serving:
-            await nursery.start(
-                partial(
-                    trio.serve_listeners,
-                    partial(serve_stream, server, plain_only=plain_only),
-                    list(serving),
-                    handler_nursery=nursery,
-                )
-            )
+        for listener in serving:
+            await nursery.start(server._accept, listener, plain_only)
     task_status.started(server)
     await server._drained.wait()
     nursery.cancel_scope.cancel()  # stop listening, the ticker, lingering handlers

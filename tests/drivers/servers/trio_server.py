@@ -57,15 +57,15 @@ class TrioServerThread(ServerThread):
         return trio.from_thread.run(settled, trio_token=self.token)
 
     def _id_for_port(self, port: int) -> str | None:
-        for conn in self.server.connections:
-            stream = conn._stream
-            if isinstance(stream, trio.SocketStream):
+        for transport in list(self.server._transports.values()):
+            sock = transport.sock
+            if sock is not None:
                 try:
-                    peer = stream.socket.getpeername()
+                    peer = sock.getpeername()
                 except OSError:
                     continue
                 if peer[1] == port:
-                    return conn.id
+                    return transport.conn.id
         return None
 
 
