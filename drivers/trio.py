@@ -77,7 +77,7 @@ except ImportError as missing:  # an optional dependency: say which extra brings
         "wslifecycle.drivers.trio needs trio: pip install 'wslifecycle[trio]'", name=missing.name
     ) from missing
 
-from wslifecycle import ConnectionClosed, TerminationCause
+from wslifecycle import TerminationCause
 from wslifecycle.fleet.link import LinkEvent
 from wslifecycle.handshake import Accept, Address, HandshakeRequest, Reject
 from wslifecycle.hub import Hub
@@ -95,8 +95,10 @@ from ._common import (
     reset_socket,
 )
 from ._coroutine import (
+    BUILT_IN,
     AsyncConnection,
     AsyncProcessRequest,
+    answer_inline,
     await_hook,
     call_hook,
     echo_handler,
@@ -453,21 +455,6 @@ _CONNECTION = "wslifecycle connection"
 _HANDLER = "wslifecycle handler"
 _WRITER = "wslifecycle writer"
 
-#: A built-in handler's answer to one message, run in the reader.
-_Answer = Callable[[AsyncConnection, str | bytes], None]
-
-
-def _relay(conn: AsyncConnection, message: str | bytes) -> None:
-    conn.relay(message)
-
-
-def _echo(conn: AsyncConnection, message: str | bytes) -> None:
-    conn.send(message, critical=True)
-
-
-#: The handlers of ``wslifecycle serve``, and what each does per message
-#: (``relay_handler`` and ``echo_handler`` in ``_coroutine.py``).
-_BUILT_IN: dict[object, _Answer] = {relay_handler: _relay, echo_handler: _echo}
 
 #: Connections taken from the listening socket per wake-up, at most.
 ACCEPT_BATCH = 64
@@ -512,7 +499,7 @@ class Server(ServerBase):
         self._drained = trio.Event()
         self._nursery_: trio.Nursery | None = None  # set by serve_listeners
         #: A built-in handler runs in the reader, not in a task of its own.
-        self._answer = _BUILT_IN.get(handler)
+        self._answer = BUILT_IN.get(handler)
         self._armed_changes = -1  # hub.changes when the ticker's deadline was last checked
 
     @property
@@ -715,12 +702,14 @@ class Server(ServerBase):
                     self._lost(transport, error)
                     break
                 if size:
-                    wire.receive_data(_RECEIVE[:size].tobytes(), trio.current_time())
+                    if not wire.receive_data(_RECEIVE[:size].tobytes(), trio.current_time()):
+                        continue  # a lone pong: nothing to write or act on
                 else:
                     wire.receive_eof(trio.current_time())
-                self.flush(wire)
                 if answer is not None and wire.messages_waiting:
-                    self._answer_inline(transport, answer)
+                    answer_inline(transport.conn, answer)  # flushes
+                else:
+                    self.flush(wire)
             else:
                 await self._writer_finished(transport)
         except trio.ClosedResourceError:
@@ -794,10 +783,11 @@ class Server(ServerBase):
                 wire.receive_data(bytes(data), trio.current_time())  # bytes: no copy
             else:
                 wire.receive_eof(trio.current_time())
-            self.flush(wire)
             answer = self._answer
             if answer is not None and wire.messages_waiting:
-                self._answer_inline(transport, answer)
+                answer_inline(transport.conn, answer)  # flushes
+            else:
+                self.flush(wire)
         await self._writer_finished(transport)
 
     @staticmethod
@@ -813,22 +803,6 @@ class Server(ServerBase):
         if transport.writing:
             transport.writer_done = trio.Event()
             await transport.writer_done.wait()
-
-    def _answer_inline(self, transport: _Transport, answer: _Answer) -> None:
-        """A built-in handler, run in the reader: what ``run_handler`` would
-        do with it, without a task (its ``async for`` would only ever wait
-        for the messages the reader has just queued)."""
-        conn = transport.conn
-        wire = transport.wire
-        try:
-            while (message := conn._take()) is not None:
-                answer(conn, message)
-        except ConnectionClosed:
-            return  # the connection ended under it: nothing to report
-        except Exception as error:
-            log.exception("handler failed connection=%s", wire.id)
-            wire.handler_failed(trio.current_time(), f"{type(error).__name__}: {error}")
-            self.flush(wire)
 
     def _lost(self, transport: _Transport, error: Exception) -> None:
         """The stream failed under us (reset, broken pipe, a TLS failure)."""
