@@ -54,6 +54,9 @@ Scenarios (``--scenario`` takes the names or numbers):
    delivery latency p50/p99 (publish stamp → arrival at the generator).
 7. ``cycles``: 100,000 connect-handshake-close cycles, 32 at a time:
    handshakes per second, server RSS before and after.
+8. ``autobahn``: Autobahn|Testsuite category 9 (messages up to 16 MiB, many
+   fragments, chopped writes, round trips) through kosoku, caps raised:
+   time per case group and in total, µs per frame (``tests/bench/autobahn.py``).
 
 The event-loop lag of every server is measured by the same probe: a 10 ms
 timer inside the server measures how late it fires (``peers/lagprobe.py``,
@@ -82,6 +85,7 @@ from typing import Any
 from tests.bench._gen import GeneratorError, GeneratorPool, build_generator
 from tests.bench._procs import kernel_memory, kill_all
 from tests.bench._servers import SERVERS, Heartbeat, RunningServer, ServerKind, versions
+from tests.bench.autobahn import autobahn_rows
 from wslifecycle import Config
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -149,7 +153,7 @@ QUICK = Plan(
     cycles_seconds=10,
 )
 
-SCENARIOS = ("memory", "cpu", "detect", "echo", "throughput", "fanout", "cycles")
+SCENARIOS = ("memory", "cpu", "detect", "echo", "throughput", "fanout", "cycles", "autobahn")
 
 
 @dataclasses.dataclass
@@ -179,6 +183,7 @@ RATIO_TARGETS: dict[str, tuple[str, float]] = {
     "memory": ("≤", 0.4),
     "echo-64": ("≥", 1.0),
     "echo-16384": ("≥", 0.7),
+    "autobahn-0": ("≤", 0.8),  # category 9's total time
 }
 CPU_TARGET = 0.3
 LAG_TARGET = 0.050
@@ -561,6 +566,9 @@ RUNNERS: dict[str, Callable[[Context, ServerKind], list[Row]]] = {
     "throughput": scenario_throughput,
     "fanout": scenario_fanout,
     "cycles": scenario_cycles,
+    "autobahn": lambda ctx, kind: [
+        Row(*row) for row in autobahn_rows(kind, ctx.workdir, 1 if ctx.plan is QUICK else 3)
+    ],
 }
 
 
