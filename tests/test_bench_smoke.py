@@ -29,7 +29,7 @@ def test_quick_benchmark_of_the_asyncio_driver(tmp_path: pathlib.Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
