@@ -1,30 +1,38 @@
 """WebSocket frames in and out, with every limit enforced.
 
-Inbound, wsproto's ``FrameDecoder`` parses and unmasks frames (RFC 6455
-§5.2, §5.3) and streams data-frame payloads as they arrive, and its
-``MessageDecoder`` checks fragment order and decodes UTF-8 incrementally, so
-invalid text fails as soon as its bad byte arrives (§8.1, 1007). wsproto has
-no size or fragment caps and reports parse failures as if they were close
-frames, so :class:`FrameReader` drives those two pieces itself and adds:
+Inbound, frames are parsed in one of two ways, and messages are assembled
+from them in one place:
 
+* the fast path: whole frames that need no decision of wsproto's (control
+  frames, text, binary and continuation frames with a 7- or 16-bit length,
+  nothing reserved, no extension) are parsed here directly, a few
+  microseconds a frame instead of wsproto's twenty;
+* wsproto's ``FrameDecoder`` takes everything else: a frame split across
+  reads (its payload streamed as it arrives), 64-bit lengths, reserved bits
+  or opcodes, permessage-deflate (it inflates). Once it has finished a frame,
+  the bytes after it go back to the fast path.
+
+Either way every data frame is judged at its header, before any payload, by
+one method (``_data_header``) and its payload assembled by one other
+(``_payload``), so the verdict does not depend on the path or on how the
+input was chunked; the property tests feed the same bytes whole (fast path)
+and byte by byte (wsproto) and require the same result. The rules:
+
+* fragment order (RFC 6455 §5.4): a continuation with no message open, or a
+  new text or binary frame while one is, is a protocol error (1002); control
+  frames may come between fragments;
 * the message cap, counted across fragments in payload bytes (after
   inflation) and checked against a frame's *declared* length as soon as its
   header arrives, so a header claiming 2^62 bytes fails before any payload
   (1009);
 * the fragment cap, every frame of a message counted, empty ones too (1009);
+* text is decoded incrementally, so invalid UTF-8 fails as soon as its bad
+  byte arrives, and a sequence cut at a fragment's end only when the message
+  ends without completing it (§8.1, 1007);
 * close-frame rules (§5.5.1, §7.4): a one-byte payload or a code outside
   1000-1003, 1007-1014, 3000-4999 is a protocol error (1002), a reason that
   is not UTF-8 is 1007;
 * a failure is an :class:`InboundFailure` value, never an exception.
-
-Fast path: when the decoder holds nothing and the input starts with whole
-frames that need no decision of wsproto's (control frames, unfragmented text
-or binary messages under the cap, no extension, nothing reserved), they are
-parsed here directly: a few microseconds instead of wsproto's twenty, for
-every pong and every small message. Anything else, and anything that might
-be an error, goes to wsproto, so the rules live in one place; the property
-tests feed the same bytes whole (fast path) and byte by byte (wsproto) and
-require the same result.
 
 Outbound frames from a server are unmasked (§5.1); :func:`encode_frame`
 writes them directly (a header and the payload) because that is the hot
@@ -35,6 +43,7 @@ masked (:func:`encode_masked_frame`), the key an argument like all entropy.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import struct
 from typing import cast
@@ -45,7 +54,6 @@ from wsproto.frame_protocol import (
     Frame,
     FrameDecoder,
     FrameProtocol,
-    MessageDecoder,
     Opcode,
     ParseFailed,
 )
@@ -124,32 +132,34 @@ class InboundFailure:
 Inbound = InboundMessage | InboundPing | InboundPong | InboundClose | InboundFailure
 
 
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+class _Refused(Exception):
+    """A data frame's header broke a message rule: the reader's verdict."""
+
+    def __init__(self, failure: InboundFailure) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
+
+
 class _Decoder(FrameDecoder):
-    """wsproto's frame decoder, checking fragment order at the header.
+    """wsproto's frame decoder, handing every data frame's header to the
+    reader, which judges it as the fast path does (fragment order, caps)."""
 
-    wsproto checks it in its MessageDecoder, after the payload was read and,
-    with permessage-deflate, inflated; whether zlib has seen enough bytes to
-    fail first then depends on how the input was chunked. Checked here, at the
-    header, the verdict is the same whatever the chunking (RFC 6455 §5.4)."""
-
-    def __init__(
-        self, extensions: list[Extension], messages: MessageDecoder, *, client: bool
-    ) -> None:
+    def __init__(self, extensions: list[Extension], reader: FrameReader, *, client: bool) -> None:
         super().__init__(client=client, extensions=extensions)
-        self._messages = messages
+        self._reader = reader
 
     def parse_header(self) -> bool:
         if not super().parse_header():
             return False
         header = self.header
         assert header is not None
-        opcode = header.opcode
-        if not opcode.iscontrol():
-            in_message = self._messages.opcode is not None
-            if opcode is Opcode.CONTINUATION and not in_message:
-                raise ParseFailed("unexpected CONTINUATION")
-            if opcode is not Opcode.CONTINUATION and in_message:
-                raise ParseFailed(f"expected CONTINUATION, got {opcode!r}")
+        if not header.opcode.iscontrol():
+            failure = self._reader._data_header(header.opcode, header.payload_len)
+            if failure is not None:
+                raise _Refused(failure)
         return True
 
 
@@ -166,14 +176,14 @@ class FrameReader:
         "_extensions",
         "_fast",
         "_fragments",
-        "_in_frame",
         "_inflating",
         "_key_size",
         "_max_fragments",
         "_max_size",
-        "_messages",
+        "_opcode",
         "_parts",
         "_size",
+        "_text",
         "_unmask",
         "client",
     )
@@ -186,18 +196,21 @@ class FrameReader:
         *,
         client: bool = False,
     ) -> None:
-        # wsproto's decoders exist only while a frame needs them (see _slow):
-        # an idle connection, or one whose frames all take the fast path,
-        # holds none.
+        # wsproto's decoder exists only while a frame needs it (see
+        # _through_wsproto): an idle connection, or one whose frames all take
+        # the fast path, holds none.
         self._extensions = extensions
-        self._messages: MessageDecoder | None = None
         self._decoder: _Decoder | None = None
         self._max_size = config.max_message_size
         self._max_fragments = config.max_fragments
+        # The message being assembled: its opcode (0: none open), its parts,
+        # payload bytes and frames so far, and its UTF-8 decoder (text, made
+        # when the message does not come whole in one piece).
+        self._opcode = 0
         self._parts: list[str | bytes] = []
-        self._size = 0  # payload bytes of the message so far
-        self._fragments = 0  # frames of the message so far
-        self._in_frame = False  # a data frame's payload is still arriving
+        self._size = 0
+        self._fragments = 0
+        self._text: codecs.IncrementalDecoder | None = None
         self._done = False  # a close frame or a failure ended the input
         # With permessage-deflate a frame's declared length says nothing about
         # its inflated size; the extension bounds inflation instead.
@@ -216,40 +229,21 @@ class FrameReader:
     def feed(self, data: bytes) -> list[Inbound]:
         """Parse what ``data`` completes. After a close frame or a failure,
         input is ignored (RFC 6455 §5.5.1: nothing follows a close)."""
-        if self._done:
-            return []
         out: list[Inbound] = []
-        if self._fast and self._idle():
-            data = self._whole_frames(data, out)
-            if not data:
-                return out
-        decoder = self._slow()
-        decoder.receive_bytes(data)
-        while True:
-            try:
-                frame = decoder.process_buffer()
-            except ParseFailed as error:
-                out.append(self._parse_failed(error))
-                return out
-            if frame is None:
-                failure = self._check_declared_length()
-                if failure is not None:
-                    out.append(failure)
-                elif self._fast and self._idle():
-                    self._decoder = self._messages = None  # back to the fast path
-                return out
-            item = self._frame(frame)
-            if item is not None:
-                out.append(item)
-                if isinstance(item, InboundClose | InboundFailure):
-                    self._done = True
-                    return out
+        while data and not self._done:
+            if self._fast and self._decoder is None:
+                data = self._whole_frames(data, out)
+                if not data or self._done:
+                    break
+            data = self._through_wsproto(data, out)
+        return out
 
     def lone_pong(self, data: bytes) -> bytes | None:
         """The unmasked payload when ``data`` is exactly one whole pong frame
-        from a client and no frame or message is half-read: the commonest
+        from a client and wsproto holds no half-read frame: the commonest
         read of all, taken without building a frame object (the same rules
-        as :meth:`feed`'s). None: :meth:`feed` it."""
+        as :meth:`feed`'s; a control frame may come between fragments).
+        None: :meth:`feed` it."""
         size = len(data) - 6
         if (
             0 <= size <= 125
@@ -257,28 +251,42 @@ class FrameReader:
             and data[1] == 0x80 | size  # masked, as a client's frames are
             and self._key_size  # a server's reader
             and self._fast
+            and self._decoder is None
             and not self._done
-            and (self._decoder is None or self._idle())
         ):
             return self._unmask(data[6:], data[2:6])
         return None
 
-    def _idle(self) -> bool:
-        """No frame or message half-read: whole frames may take the fast path."""
+    def _through_wsproto(self, data: bytes, out: list[Inbound]) -> bytes:
+        """Give ``data`` to wsproto's decoder (made when first needed).
+        Returns the bytes after the frame it finished, for the fast path
+        (nothing while it waits for more, or without a fast path)."""
         decoder = self._decoder
         if decoder is None:
-            return True
-        messages = self._messages
-        assert messages is not None  # made together with the decoder
-        return decoder.header is None and not decoder.buffer and messages.opcode is None
-
-    def _slow(self) -> _Decoder:
-        """wsproto's decoders, made when a frame first needs them."""
-        decoder = self._decoder
-        if decoder is None:
-            self._messages = messages = MessageDecoder()
-            self._decoder = decoder = _Decoder(self._extensions, messages, client=self.client)
-        return decoder
+            self._decoder = decoder = _Decoder(self._extensions, self, client=self.client)
+        decoder.receive_bytes(data)
+        while True:
+            try:
+                frame = decoder.process_buffer()
+            except _Refused as refused:
+                out.append(refused.failure)
+                return b""
+            except ParseFailed as error:
+                out.append(self._parse_failed(error))
+                return b""
+            if frame is None:
+                return b""
+            item = self._frame(frame)
+            if item is not None:
+                out.append(item)
+                if isinstance(item, InboundClose | InboundFailure):
+                    self._done = True
+                    return b""
+            if self._fast and decoder.header is None:
+                # A frame ended here: what follows may be whole frames.
+                self._decoder = None
+                buffer = decoder.buffer
+                return bytes(buffer.consume_at_most(len(buffer)))
 
     def _whole_frames(self, data: bytes, out: list[Inbound]) -> bytes:
         """Parse the whole, simple frames at the start of ``data`` (see the
@@ -287,10 +295,11 @@ class FrameReader:
         pos = 0
         key_size = self._key_size
         mask_bit = 0x80 if key_size else 0
+        unmask = self._unmask
         while pos + 2 <= end:
             first, second = data[pos], data[pos + 1]
-            if first & 0x70 or second & 0x80 != mask_bit or not first & 0x80:
-                break  # reserved bits, the wrong masking, or a fragment: wsproto's call
+            if first & 0x70 or second & 0x80 != mask_bit:
+                break  # reserved bits or the wrong masking: wsproto's call
             opcode = first & 0x0F
             length = second & 0x7F
             start = pos + 2 + key_size
@@ -304,25 +313,22 @@ class FrameReader:
             elif length == 127:
                 break  # 64-bit lengths are rare: leave them to wsproto
             if opcode >= 0x8:
-                if opcode > 0xA or length > 125:
-                    break  # reserved control opcode, or too long: a protocol error
-            elif not 0x1 <= opcode <= 0x2 or length > self._max_size:
-                break
+                if opcode > 0xA or length > 125 or not first & 0x80:
+                    break  # reserved, too long or fragmented: a protocol error
+            elif opcode > 0x2:
+                break  # a reserved data opcode: a protocol error
             stop = start + length
             if stop > end:
                 break  # not all here yet
             if key_size:
-                payload = self._unmask(data[start:stop], data[start - 4 : start])
+                payload = unmask(data[start:stop], data[start - 4 : start])
             else:
                 payload = data[start:stop]
             pos = stop
-            if opcode == 0x1:
-                try:
-                    item: Inbound = InboundMessage(payload.decode("utf-8"))
-                except UnicodeDecodeError:
-                    item = self._fail(1007, "invalid UTF-8 in text")
-            elif opcode == 0x2:
-                item = InboundMessage(payload)
+            if opcode < 0x8:
+                item = self._data_header(opcode, length) or self._payload(payload, first & 0x80)
+                if item is None:
+                    continue  # a fragment, taken into the message
             elif opcode == 0xA:
                 item = InboundPong(payload)
             elif opcode == 0x9:
@@ -345,56 +351,60 @@ class FrameReader:
             return InboundPong(payload)
         if opcode is Opcode.CLOSE:
             return self._close(payload)
-        return self._data(frame, len(payload))
+        return self._payload(payload, frame.frame_finished and frame.message_finished)
 
-    def _data(self, frame: Frame, size: int) -> Inbound | None:
-        if not self._in_frame:
-            self._fragments += 1
-            if self._fragments > self._max_fragments:
-                return self._fail(1009, f"message spans more than {self._max_fragments} frames")
-            # A new frame: judge its declared length now, before any of its
-            # payload, whether or not some payload came with the header.
-            failure = self._check_declared_length(already=size)
-            if failure is not None:
-                return failure
-        self._in_frame = not frame.frame_finished
-        self._size += size
-        if self._size > self._max_size:
-            return self._fail(1009, f"message over {self._max_size} bytes")
-        messages = self._messages
-        assert messages is not None  # the slow path made it
-        try:
-            decoded = messages.process_frame(frame)
-        except ParseFailed as error:
-            return self._parse_failed(error)
-        chunk = decoded.payload
-        assert isinstance(chunk, str | bytes)
-        if chunk:
-            self._parts.append(chunk)
-        if not decoded.message_finished:
-            return None
-        parts = self._parts
-        if decoded.opcode is Opcode.TEXT:
-            data: str | bytes = "".join(cast("list[str]", parts))
-        else:
-            data = b"".join(cast("list[bytes]", parts))
-        self._parts = []
-        self._size = 0
-        self._fragments = 0
-        return InboundMessage(data)
-
-    def _check_declared_length(self, already: int = 0) -> InboundFailure | None:
-        """Fail at the header if the frame cannot fit the message cap.
-        ``already``: bytes of this frame handed over but not yet counted."""
-        decoder = self._decoder
-        assert decoder is not None  # the slow path made it
-        header = decoder.header
-        if header is None or header.opcode.iscontrol() or self._inflating:
-            return None  # deflated frames are bounded while they inflate
-        remaining = header.payload_len - decoder.payload_consumed
-        if self._size + already + remaining > self._max_size:
-            return self._fail(1009, f"frame declares {header.payload_len} bytes")
+    def _data_header(self, opcode: int, length: int) -> InboundFailure | None:
+        """Judge a data frame's header, before any of its payload; count the
+        frame in its message (RFC 6455 §5.4; the caps)."""
+        if opcode == OP_CONTINUATION:
+            if not self._opcode:
+                return self._fail(1002, "continuation frame with no message to continue")
+        elif self._opcode:
+            return self._fail(1002, "new data frame inside a fragmented message")
+        if self._fragments >= self._max_fragments:
+            return self._fail(1009, f"message spans more than {self._max_fragments} frames")
+        if self._size + length > self._max_size and not self._inflating:
+            # Inflated frames are bounded while they inflate.
+            return self._fail(1009, f"frame declares {length} bytes")
+        self._fragments += 1
+        if opcode:
+            self._opcode = opcode
         return None
+
+    def _payload(self, chunk: bytes, last: object) -> Inbound | None:
+        """Take the next payload bytes of the message; ``last``: they end it.
+        Returns the message once complete, a failure, or None."""
+        size = self._size = self._size + len(chunk)
+        if size > self._max_size:
+            return self._fail(1009, f"message over {self._max_size} bytes")
+        piece: str | bytes = chunk
+        if self._opcode == OP_TEXT:
+            decoder = self._text
+            try:
+                if decoder is not None:
+                    piece = decoder.decode(chunk, bool(last))
+                elif last:
+                    piece = chunk.decode("utf-8")  # the whole message in one piece
+                else:
+                    self._text = decoder = _utf8_decoder()
+                    piece = decoder.decode(chunk)
+            except UnicodeDecodeError:
+                return self._fail(1007, self._invalid_text())
+        parts = self._parts
+        if not last:
+            if piece:
+                parts.append(piece)
+            return None
+        if parts:
+            parts.append(piece)
+            if self._opcode == OP_TEXT:
+                piece = "".join(cast("list[str]", parts))
+            else:
+                piece = b"".join(cast("list[bytes]", parts))
+            self._parts = []
+        self._opcode = self._size = self._fragments = 0
+        self._text = None
+        return InboundMessage(piece)
 
     def _close(self, payload: bytes) -> Inbound:
         # RFC 6455 §5.5.1 and §7.4.
@@ -411,16 +421,15 @@ class FrameReader:
             return self._fail(1007, "close reason is not UTF-8")
         return InboundClose(code, reason)
 
+    def _invalid_text(self) -> str:
+        # wsproto's and the codec's texts name a byte position, or say whether
+        # inflating or decoding failed first; both depend on how the input
+        # was chunked, and the close reason must not.
+        return "invalid compressed text" if self._inflating else "invalid UTF-8 in text"
+
     def _parse_failed(self, error: ParseFailed) -> InboundFailure:
         code = int(error.code)
-        if code != 1007:
-            return self._fail(code, f"{error}")
-        # wsproto's text names a byte position, or says whether inflating or
-        # decoding failed first; both depend on how the input was chunked,
-        # and the close reason must not.
-        return self._fail(
-            1007, "invalid compressed text" if self._inflating else "invalid UTF-8 in text"
-        )
+        return self._fail(code, self._invalid_text() if code == 1007 else f"{error}")
 
     def _fail(self, code: int, reason: str) -> InboundFailure:
         self._done = True

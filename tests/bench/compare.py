@@ -59,6 +59,9 @@ Scenarios (``--scenario`` takes the names or numbers):
    delivery latency p50/p99 (publish stamp → arrival at the generator).
 7. ``cycles``: 100,000 connect-handshake-close cycles, 32 at a time:
    handshakes per second, server RSS before and after.
+8. ``autobahn``: Autobahn|Testsuite category 9 (messages up to 16 MiB, many
+   fragments, chopped writes, round trips) through kosoku, caps raised:
+   time per case group and in total, µs per frame (``tests/bench/autobahn.py``).
 
 ``fleet`` is not side by side: ``tests/bench/fleet.py``'s two setups (two
 ``wslifecycle serve --redis`` nodes on a real redis-server, and one node in
@@ -94,6 +97,7 @@ from tests.bench import fleet as fleet_bench
 from tests.bench._gen import GeneratorError, GeneratorPool, build_generator
 from tests.bench._procs import kernel_memory, kill_all
 from tests.bench._servers import SERVERS, Heartbeat, RunningServer, ServerKind, versions
+from tests.bench.autobahn import autobahn_rows
 from wslifecycle import Config
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -171,6 +175,7 @@ SCENARIOS = (
     "throughput",
     "fanout",
     "cycles",
+    "autobahn",
     "fleet",
 )
 # Scenarios that compare no servers: each runs once, in the row of this server.
@@ -214,6 +219,7 @@ RATIO_TARGETS: dict[str, tuple[Target, ...]] = {
     "echo-64": (Target("≥", 1.0),),
     "echo-16384": (Target("≥", 0.7),),
     "throughput": (Target("≥", 1.0, "aiohttp"),),
+    "autobahn-0": (Target("≤", 0.8),),  # category 9's total time
 }
 CPU_TARGET = Target("≤", 0.3)
 LAG_TARGET = 0.050
@@ -698,6 +704,9 @@ RUNNERS: dict[str, Callable[[Context, ServerKind], list[Row]]] = {
     "throughput": scenario_throughput,
     "fanout": scenario_fanout,
     "cycles": scenario_cycles,
+    "autobahn": lambda ctx, kind: [
+        Row(*row) for row in autobahn_rows(kind, ctx.workdir, 1 if ctx.plan is QUICK else 3)
+    ],
     "fleet": scenario_fleet,
 }
 

@@ -290,7 +290,7 @@ def test_a_server_message_over_the_cap_gets_1009() -> None:
     pair.flow(1.0)
     pair.run(11.0)
     assert pair.server.close_code == 1009
-    assert pair.client.outcome == Outcome(code=1009, reason="message over 1000 bytes", local=True)
+    assert pair.client.outcome == Outcome(code=1009, reason="frame declares 2000 bytes", local=True)
 
 
 def test_the_upgrade_times_out_without_an_answer() -> None:

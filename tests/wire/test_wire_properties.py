@@ -39,7 +39,37 @@ close_frames = st.builds(
     st.integers(0, 65535),
     st.binary(max_size=20),
 )
-pieces = st.lists(frames | close_frames | st.binary(max_size=40), max_size=12)
+controls = st.builds(frame, st.sampled_from([0x9, 0xA]), st.binary(max_size=20))
+
+
+@st.composite
+def fragmented(draw: st.DrawFn) -> bytes:
+    """A text or binary message cut into fragments (RFC 6455 §5.4), with
+    pings and pongs between them: sometimes over the cap (CAP) or the
+    fragment cap, sometimes invalid UTF-8 (a bad byte, or a sequence cut
+    short at the end), sometimes with its start or its end left out."""
+    text = draw(st.booleans())
+    if text:
+        payload = draw(st.text(max_size=200)).encode("utf-8")
+        if draw(st.booleans()):  # a bad byte somewhere, or a sequence left unfinished
+            at = draw(st.integers(0, len(payload)))
+            bad = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xe2\x82", b"\xf0\x9f\x98"]))
+            payload = payload[:at] + bad + payload[at:]
+    else:
+        payload = draw(st.binary(max_size=CAP + 100))
+    cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=12)))
+    points = [0, *cuts, len(payload)]
+    chunks = [payload[a:b] for a, b in itertools.pairwise(points)]
+    out = []
+    for i, chunk in enumerate(chunks):
+        if i > 0 or draw(st.integers(0, 9)) != 0:  # now and then: no start
+            last = i == len(chunks) - 1 and draw(st.integers(0, 9)) > 0  # or no end
+            out.append(frame((0x1 if text else 0x2) if i == 0 else 0x0, chunk, fin=last))
+        out += draw(st.lists(controls, max_size=1))
+    return b"".join(out)
+
+
+pieces = st.lists(frames | close_frames | fragmented() | st.binary(max_size=40), max_size=12)
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -81,7 +111,7 @@ def test_feeding_whole_or_byte_by_byte_agrees(parts: list[bytes]) -> None:
     data = b"".join(parts)
     outcomes = []
     for mode in MODES:
-        outcome = feed(open_wire(config(max_message_size=CAP)), data, mode)
+        outcome = feed(open_wire(config(max_message_size=CAP, max_fragments=8)), data, mode)
         outcomes.append((outcome.written, outcome.actions, outcome.messages))
     assert outcomes[0] == outcomes[1] == outcomes[2]
 

@@ -21,13 +21,18 @@ const option = (name, fallback) => {
 };
 const port = Number(option("--port", "0"));
 const intervalMs = Number(option("--interval-ms", "30000"));
+// 1 MiB and ws' 16,384 frames a message unless a scenario raises them
+// (Autobahn's 16 MiB messages and 65,536-frame ones).
+const maxPayload = Number(option("--max-payload", String(1024 * 1024)));
+const maxFragments = Number(option("--max-fragments", String(16 * 1024)));
 
 const wss = new WebSocketServer({
   host: "127.0.0.1",
   port,
   backlog: 1024,
   perMessageDeflate: false,
-  maxPayload: 1024 * 1024,
+  maxPayload,
+  maxFragments,
 });
 const channels = new Map();
 

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 
+from websockets.asyncio import messages
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -64,7 +65,13 @@ async def main() -> None:
     options.add_argument("--port", type=int, default=0)
     options.add_argument("--ping-interval", type=float, default=20.0)
     options.add_argument("--ping-timeout", type=float, default=20.0)
+    # websockets' own default (1 MiB) unless a scenario raises it (Autobahn's 16 MiB).
+    options.add_argument("--max-size", type=int, default=2**20)
+    # Frames per message: websockets reads its cap from the environment
+    # (WEBSOCKETS_MAX_FRAGMENTS) when it is imported; a flag sets the same value.
+    options.add_argument("--max-fragments", type=int, default=messages.MAX_FRAGMENTS)
     args = options.parse_args()
+    messages.MAX_FRAGMENTS = args.max_fragments
     probe = asyncio.get_running_loop().create_task(asyncio_probe())
     async with serve(
         handler,
@@ -72,6 +79,7 @@ async def main() -> None:
         args.port,
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
+        max_size=args.max_size,
         backlog=1024,
     ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
