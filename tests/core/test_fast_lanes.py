@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests._hypothesis import examples
-from tests.wire.helpers import frame, parse_server_frames, text, upgrade_request
+from tests.wire.helpers import connect, frame, parse_server_frames, text
 from wslifecycle import Config, HeartbeatMode, State
 from wslifecycle.hub import Hub
 from wslifecycle.testing import seeded_entropy
@@ -30,14 +30,6 @@ def make_hub(**changes: object) -> Hub:
     values: dict[str, object] = {"allow_no_origin": True, "heartbeat_interval": 10.0}
     values.update(changes)
     return Hub(Config(**values), seeded_entropy(5))  # type: ignore[arg-type]
-
-
-def connect(hub: Hub) -> ServerConnection:
-    wire = hub.open(0.0)
-    wire.receive_data(upgrade_request(), 0.0)
-    wire.data_to_send()
-    wire.take_actions()
-    return wire
 
 
 def test_every_wire_pinged_in_one_tick_shares_one_frame() -> None:

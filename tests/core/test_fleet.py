@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.wire.helpers import parse_server_frames, upgrade_request
+from tests.wire.helpers import connect, parse_server_frames
 from wslifecycle import Config
 from wslifecycle.fleet.engine import MAX_HELD
 from wslifecycle.fleet.ops import (
@@ -91,14 +91,6 @@ def make_hub(broker: Any = None, **changes: object) -> Hub:
     values: dict[str, object] = {"allow_no_origin": True, "heartbeat_interval": 10.0}
     values.update(changes)
     return Hub(Config(**values), seeded_entropy(7), broker=broker)  # type: ignore[arg-type]
-
-
-def connect(hub: Hub) -> ServerConnection:
-    wire = hub.open(0.0)
-    wire.receive_data(upgrade_request(), 0.0)
-    wire.data_to_send()
-    wire.take_actions()
-    return wire
 
 
 def relay(hub: Hub, wire: ServerConnection, message: dict[str, object], now: float = 1.0) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.core.test_fleet import ScriptedBroker, connect, live_relay, make_hub, relay, seqs, texts
+from tests.core.test_fleet import ScriptedBroker, live_relay, make_hub, relay, seqs, texts
+from tests.wire.helpers import connect
 from wslifecycle import Config, ConfigError, TerminationCause
 from wslifecycle.fleet.memory import InMemoryBroker
 from wslifecycle.fleet.ops import (

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.wire.helpers import parse_server_frames, upgrade_request
+from tests.wire.helpers import connect, parse_server_frames, upgrade_request
 from wslifecycle import Config, ConnectionClosed, MetricsSnapshot, State, TerminationCause
 from wslifecycle.actions import Terminate
 from wslifecycle.hub import Hub
@@ -21,14 +21,6 @@ def make_hub(**changes: object) -> Hub:
     values: dict[str, object] = {"allow_no_origin": True, "heartbeat_interval": 10.0}
     values.update(changes)
     return Hub(Config(**values), seeded_entropy(5))  # type: ignore[arg-type]
-
-
-def connect(hub: Hub) -> ServerConnection:
-    wire = hub.open(0.0)
-    wire.receive_data(upgrade_request(), 0.0)
-    wire.data_to_send()
-    wire.take_actions()
-    return wire
 
 
 def texts(wire: ServerConnection) -> list[object]:

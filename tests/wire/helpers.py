@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from wslifecycle import Config, Scheduler
 from wslifecycle.actions import Action, StateChanged
+from wslifecycle.hub import Hub
 from wslifecycle.testing import seeded_entropy
 from wslifecycle.wire import PlainResponder, ReleaseHook, ServerConnection
 
@@ -217,3 +218,12 @@ MODES = ["whole", "bytes", "chunks"]
 
 def without_ids(actions: list[Action]) -> list[object]:
     return [(type(a).__name__, a.current) if isinstance(a, StateChanged) else a for a in actions]
+
+
+def connect(hub: Hub) -> ServerConnection:
+    """A wire of ``hub`` upgraded at time 0, its 101 and actions taken."""
+    wire = hub.open(0.0)
+    wire.receive_data(upgrade_request(), 0.0)
+    wire.data_to_send()
+    wire.take_actions()
+    return wire
