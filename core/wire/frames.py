@@ -56,6 +56,7 @@ from wsproto.frame_protocol import (
     FrameProtocol,
     Opcode,
     ParseFailed,
+    XorMaskerSimple,
 )
 
 from ..causes import TerminationCause
@@ -143,6 +144,25 @@ class _Refused(Exception):
         self.failure = failure
 
 
+class _Unmasker:
+    """wsproto's masker, on the reader's ``unmask`` (websockets' C XOR when
+    installed, not wsproto's pure-Python one): a frame split over many reads
+    (a 16 MiB message) is unmasked piece by piece, the key turned by each
+    piece's length."""
+
+    __slots__ = ("_key", "_unmask")
+
+    def __init__(self, key: bytes | bytearray, unmask: Unmask) -> None:
+        self._key = bytes(key)
+        self._unmask = unmask
+
+    def process(self, data: bytearray) -> bytes:
+        key = self._key
+        turn = len(data) % 4
+        self._key = key[turn:] + key[:turn]
+        return self._unmask(bytes(data), key)
+
+
 class _Decoder(FrameDecoder):
     """wsproto's frame decoder, handing every data frame's header to the
     reader, which judges it as the fast path does (fragment order, caps)."""
@@ -156,6 +176,12 @@ class _Decoder(FrameDecoder):
             return False
         header = self.header
         assert header is not None
+        masker = self.masker
+        if isinstance(masker, XorMaskerSimple):  # the reader's unmask, C when installed
+            # The same interface as wsproto's masker (process), another XOR.
+            self.masker = cast(
+                XorMaskerSimple, _Unmasker(masker._masking_key, self._reader._unmask)
+            )
         if not header.opcode.iscontrol():
             failure = self._reader._data_header(header.opcode, header.payload_len)
             if failure is not None:
