@@ -571,6 +571,20 @@ class Server(ServerBase):
         if transport is not None:  # still flushing: drop it
             transport.abort()
 
+    def _write_ping(self, wire: ServerConnection, frame: bytes) -> None:
+        """The timer's fast lane: the ping straight to the transport (which
+        queues it behind a backlog, if any); no actions to act on."""
+        transport = self._transports.get(wire)
+        if transport is None:
+            return
+        transport.write(frame)
+        error = transport.error
+        if error is not None:  # a send failed: the connection is lost
+            transport.error = None
+            self._lost(transport, error)
+            return
+        wire.write_buffer_size = transport.backlog()
+
     def _arm(self) -> None:
         """Move the ticker's deadline earlier if the hub's wake-up moved earlier."""
         timer = self._timer
