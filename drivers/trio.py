@@ -558,13 +558,8 @@ class Server(ServerBase):
         if transport is None:
             return  # its stream is closed: nothing more to write or deliver
         carry_out(wire, transport, self)
-        error = transport.error
-        if error is not None:  # a send failed: the connection is lost
-            transport.error = None
-            self._lost(transport, error)
-            return
-        wire.write_buffer_size = transport.backlog()
-        self._arm()
+        if self._written(transport):
+            self._arm()
 
     def _reset(self, wire: ServerConnection) -> None:
         transport = self._transports.get(wire)
@@ -578,12 +573,18 @@ class Server(ServerBase):
         if transport is None:
             return
         transport.write(frame)
+        self._written(transport)
+
+    def _written(self, transport: _Transport) -> bool:
+        """After writes: a failed send loses the connection (False); else the
+        wire's ``write_buffer_size`` is the backlog the kernel refused."""
         error = transport.error
-        if error is not None:  # a send failed: the connection is lost
+        if error is not None:
             transport.error = None
             self._lost(transport, error)
-            return
-        wire.write_buffer_size = transport.backlog()
+            return False
+        transport.wire.write_buffer_size = transport.backlog()
+        return True
 
     def _arm(self) -> None:
         """Move the ticker's deadline earlier if the hub's wake-up moved earlier."""
