@@ -404,10 +404,9 @@ class ServerBase:
 
     def _write_ping(self, wire: ServerConnection, frame: bytes) -> None:
         """Write a ping frame the timer's fast lane built for ``wire`` (it
-        has nothing else to do: no actions, no other bytes). A driver
-        overrides it to write straight to the socket."""
-        wire.queue_frame(frame)
-        self.flush(wire)
+        has nothing else to do: no actions, no other bytes), straight to
+        its socket."""
+        raise NotImplementedError
 
     def _rearm(self) -> None:
         """The hub's next wake-up may have moved: see the timer follows."""
