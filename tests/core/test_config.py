@@ -286,7 +286,9 @@ def test_replace_normalises_new_origins() -> None:
 
 
 @pytest.mark.parametrize(
-    "protocols", [["chat"], ("",), ("has space",), ("a,b",), ("ünï",), (1,)], ids=repr
+    "protocols",
+    [["chat"], ("",), ("has space",), ("a,b",), ("ünï",), (1,)],
+    ids=lambda v: repr(v).encode("ascii", "replace").decode(),
 )
 def test_subprotocols_must_be_a_tuple_of_tokens(protocols: object) -> None:
     """subprotocols is a tuple of HTTP tokens (RFC 6455 §4.1)."""

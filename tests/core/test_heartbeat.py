@@ -98,6 +98,9 @@ def test_heartbeat_text_round_trips_through_echo_id() -> None:
         '"heartbeat"',  # a JSON string, not an object
         '{"type":"Heartbeat","id":"x","note":"heartbeat"}',  # wrong type
         '{"kind":"heartbeat","id":"x"}',  # no type
+        # "heartbeat" spelled with a JSON escape: the text never mentions it,
+        # so it is ordinary traffic and is not parsed (an echo comes back as sent).
+        '{"type":"heart\\u0062eat","id":"x"}',
     ],
 )
 def test_non_echoes_give_none(data: str | bytes) -> None:
@@ -114,6 +117,7 @@ def test_non_echoes_give_none(data: str | bytes) -> None:
         ('{"type":"heartbeat"}', ""),  # missing id
         ('{"type":"heartbeat","id":42}', ""),  # non-string id
         ('{"type":"heartbeat","id":null}', ""),
+        (' \n\t{"type":"heartbeat","id":"a1"}\n', "a1"),  # whitespace around the object
     ],
 )
 def test_echoes_give_their_id_or_empty(data: str, probe_id: str) -> None:

@@ -114,6 +114,14 @@ def test_closing_steps_only_go_forwards(
     assert next_closing_step(*pair) is target
 
 
+def test_a_missing_closing_step_raises_with_the_step_and_the_input() -> None:
+    """COMPLETE accepts nothing: the error names the step and the input, like next_state's."""
+    with pytest.raises(InvalidTransition) as info:
+        next_closing_step(ClosingStep.COMPLETE, Input.PEER_CLOSE)
+    assert info.value.state is ClosingStep.COMPLETE
+    assert info.value.input is Input.PEER_CLOSE
+
+
 def test_every_closing_step_is_reached_and_complete_is_terminal() -> None:
     """Each step but the first is some row's target; COMPLETE has no row of its own."""
     targets = set(CLOSING_STEPS.values())

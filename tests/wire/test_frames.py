@@ -133,7 +133,8 @@ def test_valid_utf8_split_inside_a_character_is_delivered(mode: str) -> None:
         (frame(OP_TEXT, b"a", fin=False) + frame(OP_TEXT, b"b"), "§5.4: new message mid-way"),
         (frame(OP_CLOSE, b"\x03"), "§5.5.1: one-byte close payload"),
     ],
-    ids=lambda v: v if isinstance(v, str) else "",
+    # ASCII ids ("RFC6455 5.5: ..."): an escaped "§" is not always found by id.
+    ids=lambda v: v.replace("§", "RFC6455 ") if isinstance(v, str) else "",
 )
 @pytest.mark.parametrize("mode", MODES)
 def test_protocol_violations_get_1002(mode: str, data: bytes, rule: str) -> None:
