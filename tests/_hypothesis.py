@@ -1,12 +1,14 @@
-"""Scale Hypothesis budgets: ``WSL_EXAMPLES_SCALE=20 bash .ci/test`` for a long run."""
+"""Scale Hypothesis budgets: ``WSL_EXAMPLES_SCALE=20 bash .ci/test`` for a long
+run; the mutation run (tests/mutation) uses a fraction, since it runs the same
+tests once per mutant."""
 
 from __future__ import annotations
 
 import os
 
-SCALE = max(1, int(os.environ.get("WSL_EXAMPLES_SCALE", "1")))
+SCALE = float(os.environ.get("WSL_EXAMPLES_SCALE", "1"))
 
 
 def examples(base: int) -> int:
-    """``base`` examples, times WSL_EXAMPLES_SCALE."""
-    return base * SCALE
+    """``base`` examples, times WSL_EXAMPLES_SCALE; never fewer than 5."""
+    return max(5, round(base * SCALE))

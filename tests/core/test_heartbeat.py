@@ -6,7 +6,10 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests._hypothesis import examples
 from wslifecycle.heartbeat import Decision, decide, heartbeat_echo_id, heartbeat_text
 
 
@@ -128,3 +131,37 @@ def test_echoes_give_their_id_or_empty(data: str, probe_id: str) -> None:
 def test_deeply_nested_text_is_not_an_echo() -> None:
     """A 10 KB peer message of nested arrays mentioning "heartbeat" is simply not an echo."""
     assert heartbeat_echo_id("[" * 5000 + '"heartbeat"' + "]" * 5000) is None
+
+
+_SPACE = st.text(alphabet=" \t\r\n", max_size=3)
+
+
+@settings(max_examples=examples(200))
+@given(
+    probe_id=st.text(max_size=20),
+    extra=st.dictionaries(
+        st.text(max_size=5).filter(lambda k: k not in ("type", "id")),
+        st.integers() | st.text(max_size=5),
+        max_size=3,
+    ),
+    id_first=st.booleans(),
+    before=_SPACE,
+    after=_SPACE,
+    separators=st.sampled_from([(",", ":"), (", ", ": "), (" , ", " : ")]),
+)
+def test_any_spelling_of_a_heartbeat_object_is_an_echo_of_its_id(
+    probe_id: str,
+    extra: dict[str, object],
+    id_first: bool,
+    before: str,
+    after: str,
+    separators: tuple[str, str],
+) -> None:
+    """Any JSON object whose "type" is "heartbeat" is an echo of its string "id",
+    whatever its spacing, key order, surrounding whitespace and other members."""
+    fields: dict[str, object] = {"id": probe_id, "type": "heartbeat"}
+    if not id_first:
+        fields = {"type": "heartbeat", "id": probe_id}
+    fields.update(extra)
+    text = before + json.dumps(fields, separators=separators, ensure_ascii=False) + after
+    assert heartbeat_echo_id(text) == probe_id

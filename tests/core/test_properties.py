@@ -25,6 +25,8 @@ from wslifecycle import (
     ConfigError,
     ConnectionLifecycle,
     HeartbeatMode,
+    Input,
+    InvalidTransition,
     LifecycleError,
     Scheduler,
     State,
@@ -44,6 +46,7 @@ from wslifecycle.actions import (
 from wslifecycle.causes import AlertKind
 from wslifecycle.testing import FakeClock, ScriptedPeer, Simulation, seeded_entropy
 from wslifecycle.testing.strategies import configs, events
+from wslifecycle.transitions import TRANSITIONS
 
 LIVENESS_CAUSES = {TerminationCause.HEARTBEAT_TIMEOUT, TerminationCause.APP_HEARTBEAT_TIMEOUT}
 
@@ -399,3 +402,90 @@ def test_a_zero_tolerance_config_is_refused() -> None:
     with pytest.raises(ConfigError) as refused:
         Config(max_missed_pongs=0)
     assert refused.value.field == "max_missed_pongs"
+
+
+# ------------------------------------------- the lifecycle obeys its own table
+
+#: The events a connection handles without moving, and the input each is.
+#: Their fast paths do not all look the table up, so this is where the table
+#: and the code could drift apart.
+IN_PLACE = {
+    ev.PongReceived: Input.PONG,
+    ev.MessageReceived: Input.MESSAGE,
+    ev.ActivitySeen: Input.ACTIVITY,
+    ev.ClientSeqReported: Input.CLIENT_SEQ,
+    ev.Subscribe: Input.SUBSCRIBE,
+    ev.Unsubscribe: Input.UNSUBSCRIBE,
+    ev.ReadingPaused: Input.READING_PAUSED,
+    ev.ReadingResumed: Input.READING_RESUMED,
+}
+
+
+#: What may still reach a CLOSED connection from the peer, the driver or the
+#: handler (late, or racing the close): all of it is ignored. The caller's
+#: own misuse (sending, subscribing, upgrading after the end) raises instead.
+LATE = (
+    ev.PongReceived,
+    ev.MessageReceived,
+    ev.ActivitySeen,
+    ev.ClientSeqReported,
+    ev.Unsubscribe,
+    ev.CloseRequested,
+    ev.PeerClosed,
+    ev.PeerMisbehaved,
+    ev.HandlerFailed,
+    ev.HandlerReturned,
+    ev.ReadingPaused,
+    ev.ReadingResumed,
+    ev.ChannelsReleased,
+    ev.ChannelReleaseFailed,
+    ev.DrainRequested,
+    ev.TerminateRequested,
+    ev.TransportLost,
+    ev.TimerFired,
+)
+
+
+@given(
+    config=configs(allow_no_origin=True),
+    seed=st.integers(0, 2**32),
+    script=st.lists(
+        st.tuples(st.integers(0, 2), events(st.floats(0.0, 50.0))), min_size=1, max_size=60
+    ),
+)
+@settings(max_examples=examples(300))
+def test_the_transition_table_is_what_the_lifecycle_does(
+    config: Config, seed: int, script: list[tuple[int, ev.Event]]
+) -> None:
+    """Over any history, an input is accepted exactly where the transition table
+    has its pair, one handled in place leaves the state where the table says, and
+    a CLOSED connection ignores every late input without a word."""
+    clock = FakeClock()
+    scheduler = Scheduler(config, seeded_entropy(seed))
+    conns = [scheduler.open(0.0) for _ in range(3)]
+    for upgraded in conns[1:]:  # one stays OPEN; two start ACTIVE
+        assert upgraded.request_upgrade(0.0, origin=None, host="localhost")
+    for index, event in script:
+        lifecycle = conns[index]
+        clock.advance_to(max(clock.now, event.now))
+        scheduler.tick(clock.now)
+        before = lifecycle.state
+        lifecycle.take_actions()
+        if before is State.CLOSED and isinstance(event, LATE):
+            lifecycle.handle(_restamp(event, clock.now))  # must not raise
+            assert lifecycle.state is State.CLOSED
+            assert not lifecycle.take_actions(), event
+            continue
+        refused: InvalidTransition | None = None
+        try:
+            lifecycle.handle(_restamp(event, clock.now))
+        except InvalidTransition as error:
+            refused = error
+        except misuse:
+            continue
+        if refused is not None:
+            assert (refused.state, refused.input) not in TRANSITIONS
+            continue
+        input_ = IN_PLACE.get(type(event))
+        if input_ is not None and lifecycle.state is before:
+            assert TRANSITIONS.get((before, input_)) is before, (before, input_)

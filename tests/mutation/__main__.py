@@ -73,36 +73,53 @@ def changed_modules(ref: str) -> list[str]:
     return [module_name(p) for p in out + untracked if p.endswith(".py") and (ROOT / p).exists()]
 
 
-def stage(workdir: Path) -> None:
-    """The work directory: wslifecycle/ → core/, tests/ and pyproject.toml."""
+def stage(workdir: Path, modules: list[str], tests: list[str] | None) -> list[str]:
+    """The work directory: wslifecycle/ → core/, tests/ → tests/, and a copy of
+    pyproject.toml whose [tool.mutmut] mutates only ``modules`` (mutmut would
+    otherwise parse the whole core first) and, if given, runs ``tests``.
+    Returns the test selection."""
     workdir.mkdir(parents=True, exist_ok=True)
-    for link, target in (("wslifecycle", "core"), ("tests", "tests"), ("pyproject.toml", None)):
+    for link, target in (("wslifecycle", "core"), ("tests", "tests")):
         path = workdir / link
         if not path.is_symlink():
-            path.symlink_to(ROOT / (target or link))
+            path.symlink_to(ROOT / target)
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    selection_line = re.search(r"^pytest_add_cli_args_test_selection = (.*)$", text, re.M)
+    assert selection_line, "pyproject.toml: [tool.mutmut] has no test selection"
+    if tests:
+        text = text.replace(
+            selection_line.group(0),
+            selection_line.group(0).split("=")[0] + "= " + json.dumps(tests),
+        )
+    only = [f"wslifecycle/{m.replace('.', '/')}.py" for m in modules]
+    text = text.replace(
+        'source_paths = ["wslifecycle"]',
+        'source_paths = ["wslifecycle"]\nonly_mutate = ' + json.dumps(only),
+        1,
+    )
+    staged = workdir / "pyproject.toml"
+    if staged.is_symlink():
+        staged.unlink()
+    staged.write_text(text, encoding="utf-8")
+    return tests or json.loads(selection_line.group(1))
 
 
-def run_mutmut(workdir: Path, modules: list[str], workers: int) -> None:
-    patterns = [f"wslifecycle.{m}.*" for m in modules]
+def run_mutmut(workdir: Path, patterns: list[str], workers: int) -> None:
+    """mutmut over the staged modules: with no patterns, only the mutants it has
+    no result for (new, or in changed functions); else those matching."""
     log = workdir / "mutmut.log"
-    print(f"mutmut run over {len(modules)} module(s); progress in {log}", flush=True)
+    print(f"mutmut run ({len(patterns) or 'no'} pattern(s)); progress in {log}", flush=True)
     with open(log, "w", encoding="utf-8") as f:
         code = subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), *patterns],
             cwd=workdir,
             stdout=f,
             stderr=subprocess.STDOUT,
-            env=_env(),
+            env=os.environ,
         ).returncode
     if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise SystemExit(f"mutmut failed (exit {code}); the end of {log}:\n{tail}")
-
-
-def _env() -> dict[str, str]:
-    # The derandomized Hypothesis profile (tests/conftest.py): a mutant is
-    # killed or not the same way on every run.
-    return {**os.environ, "CI": "true"}
 
 
 def mutmut_results(workdir: Path, modules: list[str]) -> dict[str, dict[str, int | None]]:
@@ -145,11 +162,37 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-show", action="store_true", help="do not print survivors' diffs")
     parser.add_argument(
+        "--tests",
+        nargs="+",
+        metavar="PATH",
+        help="run these tests instead of [tool.mutmut]'s selection",
+    )
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument(
+        "--survivors",
+        action="store_true",
+        help="re-test only the last run's survivors (after adding tests)",
+    )
+    again.add_argument(
+        "--rerun", action="store_true", help="re-test every mutant, not only those without a result"
+    )
+    parser.add_argument(
+        "--examples-scale",
+        type=float,
+        default=0.2,
+        help="Hypothesis examples, as a fraction of the suite's (default 0.2)",
+    )
+    parser.add_argument(
         "--tables-only",
         action="store_true",
         help="skip mutmut; only the table mutants (and mutmut's last results)",
     )
     args = parser.parse_args()
+    # The derandomized Hypothesis profile (tests/conftest.py): a mutant is
+    # killed or not the same way on every run. A fifth of the examples: each
+    # surviving mutant reruns every test that reaches its function.
+    os.environ["CI"] = "true"
+    os.environ["WSL_EXAMPLES_SCALE"] = str(args.examples_scale)
 
     if args.changed:
         modules = changed_modules(args.changed)
@@ -160,16 +203,28 @@ def main() -> int:
         modules = [module_name(m) for m in args.modules] or all_modules()
     started = time.monotonic()
     workdir = args.workdir.resolve()
-    stage(workdir)
+    selection = stage(workdir, modules, args.tests)
     if not args.tables_only:
-        run_mutmut(workdir, modules, args.workers)
+        if args.rerun:
+            patterns = [f"wslifecycle.{m}.*" for m in modules]
+        elif args.survivors:
+            patterns = [
+                k
+                for codes in mutmut_results(workdir, modules).values()
+                for k, c in codes.items()
+                if c not in KILLED
+            ]
+            if not patterns:
+                print("no survivors to re-test")
+        else:
+            patterns = []
+        if patterns or not args.survivors:
+            run_mutmut(workdir, patterns, args.workers)
     results = mutmut_results(workdir, modules)
 
     table_modules = {f"wslifecycle.{m}" for m in modules}
     if any(module in table_modules for module, _ in tables.TABLES):
         print("table mutants (tests/mutation/tables.py)", flush=True)
-        os.environ["CI"] = "true"
-        selection = ["tests/core", "tests/wire"]
         os.chdir(ROOT)
         for name, code in tables.run(selection, table_modules, str(workdir), args.workers).items():
             results[tables.module_of(name).removeprefix("wslifecycle.")][name] = code
@@ -227,7 +282,6 @@ def main() -> int:
                     cwd=workdir,
                     capture_output=True,
                     text=True,
-                    env=_env(),
                 ).stdout
                 print("    " + "\n    ".join(diff.strip().splitlines()[2:]))
     if failing:

@@ -32,7 +32,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -181,21 +180,6 @@ def _run_mutant(mutant: Mutant, functions: list[str]) -> None:  # the child
     os._exit(KILLED if code in (1, 2, 3) else SURVIVED if code == 0 else int(code))
 
 
-def _preimport(tests: list[str]) -> None:
-    """Import the test modules once, here, so each child only collects them.
-
-    A module whose source names a table is left for the child to import: its
-    parameters may be read from the table at import time, and must come from
-    the mutated one (as they would if the source were edited)."""
-    names = [t for _, t in TABLES]
-    for top in tests:
-        for path in sorted(Path(top).rglob("*.py")):
-            text = path.read_text(encoding="utf-8")
-            if any(name in text for name in names):
-                continue
-            importlib.import_module(".".join(path.with_suffix("").parts))
-
-
 def _check_a_no_op_survives(
     first: Mutant, reads: dict[str, Any], duration: dict[str, float]
 ) -> None:
@@ -219,7 +203,6 @@ def run(tests: list[str], modules: set[str], workdir: str, workers: int) -> dict
     clean = os.path.join(workdir, "tables-clean.json")
     if _clean_run(tests, modules, clean) != 0:
         raise SystemExit("table mutants: the clean run failed; fix the tests first")
-    _preimport(tests)
     with open(clean, encoding="utf-8") as f:
         recorded = json.load(f)
     reads, duration = recorded["reads"], recorded["duration"]
