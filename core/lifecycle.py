@@ -236,8 +236,15 @@ class ConnectionLifecycle:
         self.deadline = None
         self._scheduler.retire(self)
 
-    def _reject(self, now: float, status: int, reason: str, cause: TerminationCause) -> None:
-        self._move(Input.UPGRADE_REJECTED, cause)
+    def _reject(
+        self,
+        now: float,
+        status: int,
+        reason: str,
+        cause: TerminationCause,
+        input_: Input = Input.UPGRADE_REJECTED,
+    ) -> None:
+        self._move(input_, cause)  # the table's (OPEN, input_): a drain is its own row
         self._scheduler.metrics.handshakes_rejected[status] += 1
         self._actions.append(RejectUpgrade(status, reason))
         self._actions.append(CloseTransport())
@@ -471,7 +478,9 @@ class ConnectionLifecycle:
         close with 1001 (going away). Usually called by ``Scheduler.begin_drain``."""
         state = self.state
         if state is OPEN:
-            self._reject(now, 503, "server is shutting down", TerminationCause.SERVER_DRAINING)
+            self._reject(
+                now, 503, "server is shutting down", TerminationCause.SERVER_DRAINING, Input.DRAIN
+            )
         elif state is ACTIVE:
             self._begin_teardown(
                 now,
