@@ -27,7 +27,8 @@ from tests.wire.helpers import (
 from wslifecycle import Config, State, TerminationCause, is_sendable
 from wslifecycle.actions import CloseTransport, ReleaseChannels, Terminate
 from wslifecycle.wire import ServerConnection
-from wslifecycle.wire.frames import close_payload
+from wslifecycle.wire.frames import FrameReader, InboundMessage, close_payload, encode_masked_frame
+from wslifecycle.wire.mask import unmask
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
@@ -381,3 +382,16 @@ def test_server_frames_use_the_shortest_length_encoding() -> None:
         expected = size if size < 126 else (126 if size < 65536 else 127)
         assert header == expected
     assert struct.calcsize("!Q") == 8
+
+
+def test_client_frames_use_the_shortest_length_encoding_and_read_back() -> None:
+    """RFC 6455 §5.2: a client's masked frames also take 7-bit, 16-bit and
+    64-bit lengths at 125, 126 and 65536, and a server reads each back whole."""
+    key = b"\x01\x80\xfe\x7f"
+    for size in (125, 126, 65535, 65536):
+        payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        data = encode_masked_frame(OP_BINARY, payload, key, unmask)
+        expected = size if size < 126 else (126 if size < 65536 else 127)
+        assert data[1] == 0x80 | expected
+        reader = FrameReader(config(max_message_size=65536), [])
+        assert reader.feed(data) == [InboundMessage(payload)]
