@@ -210,6 +210,28 @@ def test_a_refused_close_frame_is_answered_with_the_rule_it_broke(
     assert close_sent_for(data) == payload
 
 
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (frame(OP_CONT, b"x"), b"continuation frame with no message to continue"),
+        (
+            frame(OP_TEXT, b"a", fin=False) + frame(OP_BINARY, b"b"),
+            b"new data frame inside a fragmented message",
+        ),
+    ],
+    ids=["continuation first", "new message mid-way"],
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_fragment_out_of_order_is_answered_with_the_rule_it_broke(
+    mode: str, data: bytes, reason: bytes
+) -> None:
+    """RFC 6455 §5.4: the peer is told which fragment-order rule it broke, in
+    the reason of the server's 1002 close, however the bytes arrive."""
+    written = feed(open_wire(), data, mode).written
+    (close,) = [f for f in parse_server_frames(written) if f.opcode == OP_CLOSE]
+    assert close.payload == struct.pack("!H", 1002) + reason
+
+
 @settings(max_examples=examples(50), deadline=None)
 @given(st.integers(0, 65535).filter(lambda code: not is_sendable(code)))
 def test_an_invalid_peer_close_code_is_named_as_sent(code: int) -> None:
