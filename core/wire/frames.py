@@ -455,12 +455,13 @@ class FrameReader:
 
     def _parse_failed(self, error: ParseFailed) -> InboundFailure:
         code = int(error.code)
+        if code not in _CAUSE_FOR_CODE:  # wsproto uses only 1002, 1007 and 1009
+            code = int(CloseReason.PROTOCOL_ERROR)  # an extension may report others
         return self._fail(code, self._invalid_text() if code == 1007 else f"{error}")
 
     def _fail(self, code: int, reason: str) -> InboundFailure:
+        """End the input with a failure; ``code`` is one of _CAUSE_FOR_CODE's."""
         self._done = True
-        if code not in _CAUSE_FOR_CODE:  # wsproto uses only 1002, 1007 and 1009
-            code = int(CloseReason.PROTOCOL_ERROR)
         # A close reason is at most 123 bytes (RFC 6455 §5.5).
         short = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
         return InboundFailure(code, _CAUSE_FOR_CODE[code], short)

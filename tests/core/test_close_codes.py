@@ -137,8 +137,18 @@ def test_multibyte_reasons_fail_with_few_characters(reason: str) -> None:
         validate_close(1000, reason)
 
 
-@pytest.mark.parametrize("reason", [b"bytes", 12, "\ud800"], ids=["bytes", "int", "surrogate"])
-def test_a_reason_that_is_not_sendable_text_is_refused(reason: object) -> None:
-    """A reason must be a str that encodes as UTF-8; anything else is a clear error."""
-    with pytest.raises(InvalidCloseCode):
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        (b"bytes", "close reason must be a str, got b'bytes'"),
+        (12, "close reason must be a str, got 12"),
+        ("\ud800", "close reason is not encodable as UTF-8"),
+    ],
+    ids=["bytes", "int", "surrogate"],
+)
+def test_a_reason_that_is_not_sendable_text_is_refused(reason: object, message: str) -> None:
+    """A reason must be a str that encodes as UTF-8; anything else is an error
+    that says which of the two it is not."""
+    with pytest.raises(InvalidCloseCode) as info:
         validate_close(1000, reason)  # type: ignore[arg-type]
+    assert str(info.value) == message

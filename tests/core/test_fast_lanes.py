@@ -138,6 +138,46 @@ def test_what_is_not_a_lone_pong_takes_the_general_path() -> None:
     assert closed.receive_data(frame(PONG, b"late"), FIRST + 1)  # DRAINING: general path
 
 
+@pytest.mark.parametrize("size", [0, 1, 124, 125])
+def test_any_whole_pong_read_alone_takes_the_lane(size: int) -> None:
+    """A pong of any size a control frame may have, empty to 125 bytes, read
+    alone, needs no flush and is counted."""
+    hub = make_hub()
+    wire = connect(hub)
+    assert wire.receive_data(frame(PONG, b"p" * size), 1.0) is False
+    assert hub.scheduler.metrics.pongs_received == 1
+    assert wire.state is State.ACTIVE
+
+
+def test_a_lone_pong_after_whole_frames_still_takes_the_lane() -> None:
+    """Reads of whole frames leave nothing half-parsed behind, so the pong
+    read after them (a message, a ping, a message in fragments) takes the lane."""
+    hub = make_hub()
+    wire = connect(hub)
+    reads = [
+        text("hi"),
+        frame(PING, b"p"),
+        frame(0x1, b"a", fin=False) + frame(0x0, b"b"),
+    ]
+    for read in reads:
+        assert wire.receive_data(read, 1.0) is True
+        wire.data_to_send()
+        assert wire.receive_data(frame(PONG, b"x"), 1.0) is False
+    assert hub.scheduler.metrics.pongs_received == len(reads)
+
+
+def test_a_pong_header_with_a_16_bit_length_is_refused_not_laned() -> None:
+    """RFC 6455 §5.5: a control frame's length fits in 7 bits; a pong that
+    claims 126 bytes (and is exactly as long as that would be with a 7-bit
+    length) takes the general path and is a protocol error."""
+    hub = make_hub()
+    wire = connect(hub)
+    data = frame(PONG, b"p" * 124, length=126)  # 2 + 2 + 4 + 124 bytes
+    assert wire.receive_data(data, 1.0) is True
+    assert wire.state is State.DRAINING
+    assert parse_server_frames(wire.data_to_send())[-1].close_code == 1002
+
+
 def test_a_pong_read_while_actions_wait_takes_the_general_path() -> None:
     hub = make_hub()
     wire = connect(hub)

@@ -97,6 +97,21 @@ def test_reads_that_end_inside_frames_return_to_the_fast_path() -> None:
     assert frames_reader.buffered == 0
 
 
+def test_buffered_counts_the_message_so_far_and_the_bytes_of_a_frame_still_arriving() -> None:
+    """What a reader holds for memory checks: the payload of the message taken
+    so far plus the bytes of an unfinished frame; nothing once it is delivered."""
+    frames_reader = reader()
+    assert frames_reader.feed(frame(BINARY, b"a" * 50, fin=False)) == []
+    assert frames_reader.buffered == 50
+    rest = frame(CONT, b"b" * 50)
+    assert frames_reader.feed(rest[:3]) == []  # half a header: held by wsproto
+    assert frames_reader.buffered == 53
+    assert frames_reader.feed(rest[3:10]) == []  # the header and 4 payload bytes
+    assert frames_reader.buffered == 54
+    assert frames_reader.feed(rest[10:]) == [InboundMessage(b"a" * 50 + b"b" * 50)]
+    assert frames_reader.buffered == 0
+
+
 def test_an_uncompressed_message_over_the_cap_with_deflate_negotiated() -> None:
     """RFC 7692 §6: a message without RSV1 is not compressed, and its frames'
     lengths are not judged at the header on a deflate connection (they

@@ -8,7 +8,10 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests._hypothesis import examples
 from tests.wire.helpers import (
     MODES,
     close_frame,
@@ -21,9 +24,11 @@ from tests.wire.helpers import (
     text,
     without_ids,
 )
-from wslifecycle import Config, State, TerminationCause
+from wslifecycle import Config, State, TerminationCause, is_sendable
 from wslifecycle.actions import CloseTransport, ReleaseChannels, Terminate
 from wslifecycle.wire import ServerConnection
+from wslifecycle.wire.frames import FrameReader, InboundMessage, close_payload, encode_masked_frame
+from wslifecycle.wire.mask import unmask
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
@@ -181,6 +186,78 @@ def test_a_close_reason_that_is_not_utf8_gets_1007() -> None:
     assert cause is TerminationCause.INVALID_PAYLOAD
 
 
+def close_sent_for(data: bytes) -> bytes:
+    """Feed ``data`` to an open wire: the payload of the close frame it answered with."""
+    written = feed(open_wire(), data, "whole").written
+    (close,) = [f for f in parse_server_frames(written) if f.opcode == OP_CLOSE]
+    return close.payload
+
+
+@pytest.mark.parametrize(
+    ("data", "payload"),
+    [
+        (frame(OP_CLOSE, b"\x03"), b"\x03\xeaclose frame with a one-byte payload"),
+        (close_frame(1000, b"\xc3\x28"), b"\x03\xefclose reason is not UTF-8"),
+        (close_frame(1004), b"\x03\xeaclose code 1004 is not valid on the wire"),
+    ],
+    ids=["one-byte payload", "reason not UTF-8", "reserved code"],
+)
+def test_a_refused_close_frame_is_answered_with_the_rule_it_broke(
+    data: bytes, payload: bytes
+) -> None:
+    """RFC 6455 §5.5.1, §7.4: the peer is told which close-frame rule it broke,
+    in the reason of the server's close (1002 or 1007)."""
+    assert close_sent_for(data) == payload
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (frame(OP_CONT, b"x"), b"continuation frame with no message to continue"),
+        (
+            frame(OP_TEXT, b"a", fin=False) + frame(OP_BINARY, b"b"),
+            b"new data frame inside a fragmented message",
+        ),
+    ],
+    ids=["continuation first", "new message mid-way"],
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_fragment_out_of_order_is_answered_with_the_rule_it_broke(
+    mode: str, data: bytes, reason: bytes
+) -> None:
+    """RFC 6455 §5.4: the peer is told which fragment-order rule it broke, in
+    the reason of the server's 1002 close, however the bytes arrive."""
+    written = feed(open_wire(), data, mode).written
+    (close,) = [f for f in parse_server_frames(written) if f.opcode == OP_CLOSE]
+    assert close.payload == struct.pack("!H", 1002) + reason
+
+
+@settings(max_examples=examples(50), deadline=None)
+@given(st.integers(0, 65535).filter(lambda code: not is_sendable(code)))
+def test_an_invalid_peer_close_code_is_named_as_sent(code: int) -> None:
+    """Any 16-bit close code outside the sendable set is read unsigned and
+    named in the 1002 close's reason."""
+    reason = f"close code {code} is not valid on the wire".encode()
+    assert close_sent_for(close_frame(code)) == struct.pack("!H", 1002) + reason
+
+
+@settings(max_examples=examples(100))
+@given(st.integers(0, 65535), st.text(max_size=40))
+def test_a_close_payload_is_the_code_unsigned_then_the_reason_in_utf8(
+    code: int, reason: str
+) -> None:
+    """RFC 6455 §5.5.1: a close payload is the code as an unsigned big-endian
+    16-bit integer, then the reason as UTF-8."""
+    payload = close_payload(code, reason)
+    assert struct.unpack("!H", payload[:2]) == (code,)
+    assert payload[2:].decode("utf-8") == reason
+
+
+def test_a_close_payload_never_exceeds_a_control_frames_125_bytes() -> None:
+    """RFC 6455 §5.5: a reason longer than 123 bytes is cut to 123."""
+    assert close_payload(1000, "x" * 200) == b"\x03\xe8" + b"x" * 123
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_pings_are_answered_with_the_same_payload(mode: str) -> None:
     """RFC 6455 §5.5.2-§5.5.3: a pong carries the ping's application data,
@@ -327,3 +404,16 @@ def test_server_frames_use_the_shortest_length_encoding() -> None:
         expected = size if size < 126 else (126 if size < 65536 else 127)
         assert header == expected
     assert struct.calcsize("!Q") == 8
+
+
+def test_client_frames_use_the_shortest_length_encoding_and_read_back() -> None:
+    """RFC 6455 §5.2: a client's masked frames also take 7-bit, 16-bit and
+    64-bit lengths at 125, 126 and 65536, and a server reads each back whole."""
+    key = b"\x01\x80\xfe\x7f"
+    for size in (125, 126, 65535, 65536):
+        payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        data = encode_masked_frame(OP_BINARY, payload, key, unmask)
+        expected = size if size < 126 else (126 if size < 65536 else 127)
+        assert data[1] == 0x80 | expected
+        reader = FrameReader(config(max_message_size=65536), [])
+        assert reader.feed(data) == [InboundMessage(payload)]

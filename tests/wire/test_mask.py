@@ -7,6 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests._hypothesis import examples
+from tests.wire.helpers import frame
+from wslifecycle import Config
+from wslifecycle.wire.frames import FrameReader, InboundMessage
 from wslifecycle.wire.mask import unmask
 
 
@@ -32,3 +35,21 @@ def test_the_speedups_mask_agrees_when_installed() -> None:
         assert apply_mask(payload[:size], b"\x01\x80\xfe\x7f") == unmask(
             payload[:size], b"\x01\x80\xfe\x7f"
         )
+
+
+def test_the_readers_unmask_does_all_unmasking_even_of_a_frame_split_across_reads() -> None:
+    """The unmask given to a FrameReader (the drivers pass the C one) unmasks
+    every byte of a frame that arrives in pieces too, through wsproto's
+    decoder, the key turned by each piece's length."""
+    unmasked: list[int] = []
+
+    def counting(payload: bytes, key: bytes) -> bytes:
+        unmasked.append(len(payload))
+        return unmask(payload, key)
+
+    payload = bytes(range(256)) + b"tail"
+    data = frame(0x2, payload)  # 16-bit length: 4 header bytes, then the key
+    reader = FrameReader(Config(), [], counting)
+    items = [item for at in range(0, len(data), 7) for item in reader.feed(data[at : at + 7])]
+    assert items == [InboundMessage(payload)]
+    assert sum(unmasked) == len(payload)

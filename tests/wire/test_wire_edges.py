@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from wsproto.extensions import Extension
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+from wsproto.frame_protocol import (
+    CloseReason,
+    FrameDecoder,
+    FrameProtocol,
+    Opcode,
+    ParseFailed,
+    RsvBits,
+)
 
+from tests._hypothesis import examples
 from tests.wire.helpers import (
     config,
     frame,
@@ -117,6 +127,48 @@ def test_an_extension_failure_outside_the_mapped_codes_becomes_1002() -> None:
     assert failure.code == 1002
     assert failure.cause is TerminationCause.PROTOCOL_ERROR
     assert reader.feed(frame(0x1, b"y")) == []  # nothing after a failure
+
+
+class Explains(Extension):
+    """An extension that rejects every data frame as a protocol error, with
+    its own explanation."""
+
+    name = "x-explains"
+
+    def __init__(self, explanation: str) -> None:
+        self.explanation = explanation
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool | str:
+        return False
+
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, length: int
+    ) -> CloseReason | RsvBits:
+        raise ParseFailed(self.explanation, CloseReason.PROTOCOL_ERROR)
+
+
+@settings(max_examples=examples(100))
+@given(st.text(max_size=100))
+@example("refused by x-explains")
+@example("é" * 70)  # byte 123 falls inside a character
+@example("x" * 124)
+def test_a_parse_failure_is_reported_with_its_explanation_cut_to_123_bytes(
+    explanation: str,
+) -> None:
+    """A protocol error from frame parsing carries its explanation as the close
+    reason: the longest prefix of whole characters that fits in 123 UTF-8
+    bytes (RFC 6455 §5.5)."""
+    (failure,) = FrameReader(config(), [Explains(explanation)]).feed(frame(0x2, b"x"))
+    assert isinstance(failure, InboundFailure)
+    assert failure.code == 1002
+    reason = failure.reason
+    assert explanation.startswith(reason)
+    assert len(reason.encode("utf-8")) <= 123
+    rest = explanation[len(reason) :]
+    assert not rest or len((reason + rest[0]).encode("utf-8")) > 123
 
 
 def test_compressed_and_uncompressed_messages_mix() -> None:
