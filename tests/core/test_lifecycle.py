@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -235,7 +236,7 @@ def test_request_upgrade_after_open_raises(scheduler: Scheduler, state: State) -
     assert lc.state is state
 
 
-@pytest.mark.parametrize("status", [400, 405, 426, 431, 500, 599])
+@pytest.mark.parametrize("status", [300, 301, 400, 405, 426, 431, 500, 599])
 def test_reject_upgrade(scheduler: Scheduler, status: int) -> None:
     """The wire's refusal goes out with its status; cause handshake_rejected."""
     lc = scheduler.open(0.0)
@@ -251,16 +252,34 @@ def test_reject_upgrade(scheduler: Scheduler, status: int) -> None:
     assert len(scheduler) == 0
 
 
-@pytest.mark.parametrize("status", [101, 200, 299, 600, 0, True])
-def test_reject_upgrade_needs_an_error_status(scheduler: Scheduler, status: int) -> None:
-    """A refusal with a status that is not a redirect or an error raises
-    ValueError and changes nothing."""
+@pytest.mark.parametrize("status", [101, 200, 299, 600, 0, True, 404.0, "404"])
+def test_reject_upgrade_needs_an_error_status(scheduler: Scheduler, status: object) -> None:
+    """A refusal with a status that is not an int from 300 (redirects) to 599
+    raises ValueError and changes nothing: a bool, a float or a string in the
+    range is refused like any other."""
     lc = scheduler.open(0.0)
-    with pytest.raises(ValueError, match=f"needs an HTTP status 300-599, got {status}$"):
-        lc.reject_upgrade(0.2, status, "nope")
+    expected = f"needs an HTTP status 300-599, got {re.escape(repr(status))}$"
+    with pytest.raises(ValueError, match=expected):
+        lc.reject_upgrade(0.2, status, "nope")  # type: ignore[arg-type]
     assert lc.state is OPEN
     assert lc.take_actions() == []
     assert not scheduler.metrics.handshakes_rejected
+
+
+def test_refusals_are_counted_per_status(scheduler: Scheduler) -> None:
+    """handshakes_rejected counts every refusal under its status, however
+    it came (the wire, the origin policy, a drain)."""
+    for _ in range(3):
+        scheduler.open(0.0).reject_upgrade(0.1, 400, "bad request")
+    scheduler.open(0.0).reject_upgrade(0.1, 426, "upgrade required")
+    scheduler.begin_drain(1.0)
+    for _ in range(2):
+        assert not scheduler.open(1.0).request_upgrade(1.0, origin=None, host="localhost")
+    assert scheduler.metrics.handshakes_rejected == {400: 3, 426: 1, 503: 2}
+    assert scheduler.metrics.closed_by_cause == {
+        Cause.HANDSHAKE_REJECTED: 4,
+        Cause.SERVER_DRAINING: 2,
+    }
 
 
 def test_reject_upgrade_after_accept_raises(active: ConnectionLifecycle) -> None:
