@@ -224,6 +224,23 @@ def test_request_upgrade_while_draining_gets_503(scheduler: Scheduler) -> None:
     assert scheduler.metrics.handshakes_rejected == {503: 1}
 
 
+def test_a_plain_http_request_ends_without_a_deadline(scheduler: Scheduler) -> None:
+    """A plain HTTP request (/healthz) is CLOSED at once with cause plain_http:
+    no deadline left, gone from the scheduler, counted in http_requests only."""
+    lc = scheduler.open(0.0)
+    lc.serve_plain_http(0.1, "/healthz")
+    assert lc.take_actions() == [changed(lc, OPEN, CLOSED, Cause.PLAIN_HTTP), CloseTransport()]
+    assert (lc.state, lc.cause) == (CLOSED, Cause.PLAIN_HTTP)
+    assert lc.deadline is None
+    assert lc not in scheduler.connections
+    assert scheduler.next_deadline() is None
+    metrics = scheduler.metrics
+    assert metrics.http_requests == {"/healthz": 1}
+    assert metrics.connections[OPEN] == 0
+    assert not metrics.closed_by_cause
+    assert not metrics.handshakes_rejected
+
+
 @pytest.mark.parametrize("state", [ACTIVE, DRAINING, CLOSED])
 def test_request_upgrade_after_open_raises(scheduler: Scheduler, state: State) -> None:
     """A second upgrade is caller misuse: InvalidTransition, nothing queued, state kept."""
@@ -461,6 +478,30 @@ def test_echo_with_another_id_resets_without_rtt(make_scheduler: MakeScheduler) 
     assert lc.missed_echoes == 0
     assert scheduler.metrics.app_heartbeat_echoes == 1
     assert scheduler.metrics.snapshot().app_rtt.count == 0
+
+
+def test_answered_application_heartbeats_are_never_counted_missed(
+    make_scheduler: MakeScheduler,
+) -> None:
+    """A JSON heartbeat whose echo came back is not counted in
+    missed_app_heartbeats when the next one goes out, and its round trip is
+    timed once: a later echo without an id proves life but times nothing."""
+    scheduler = make_scheduler(heartbeat_mode=HeartbeatMode.APPLICATION)
+    lc = accept(scheduler)
+    for _ in range(3):
+        due = deadline_of(lc)
+        assert due is not None
+        [probe] = fire(scheduler, lc)
+        assert isinstance(probe, SendHeartbeat)
+        lc.receive_message(due + 0.5, probe.text)
+        lc.receive_message(due + 0.7, '{"type":"heartbeat"}')
+    assert lc.take_actions() == []
+    metrics = scheduler.metrics
+    assert metrics.app_heartbeats_sent == 3
+    assert metrics.app_heartbeat_echoes == 6
+    assert metrics.missed_app_heartbeats == 0
+    assert metrics.snapshot().app_rtt.count == 3
+    assert metrics.snapshot().app_rtt.total == pytest.approx(1.5)
 
 
 def test_ordinary_messages_are_delivered_in_application_mode(
@@ -877,6 +918,14 @@ def test_fail_from_active_closes_without_drift_notice(
     assert scheduler.metrics.state_drift_notices == 0
 
 
+def test_fail_without_a_reason_closes_with_an_empty_one(active: ConnectionLifecycle) -> None:
+    """fail() with no reason sends the close code alone (an empty reason)."""
+    active.fail(1.0, Cause.PROTOCOL_ERROR, 1002)
+    active.take_actions()
+    active.channels_released(1.0, buffered=0)
+    assert active.take_actions() == [SendClose(1002, "")]
+
+
 def test_fail_validates_the_code_first(active: ConnectionLifecycle) -> None:
     """fail() with an unsendable code raises InvalidCloseCode and changes nothing."""
     with pytest.raises(InvalidCloseCode):
@@ -972,6 +1021,25 @@ def test_drain_closes_an_active_connection_with_1001(
     assert active.deadline == 1.0 + scheduler.config.close_timeout
     active.channels_released(1.0, buffered=0)
     assert active.take_actions() == [SendClose(CloseCode.GOING_AWAY, "server shutting down")]
+
+
+def test_a_drain_tells_a_lagging_client_about_the_drift(
+    active: ConnectionLifecycle, scheduler: Scheduler
+) -> None:
+    """A drain is the server's own close: a client behind on its sequence gets
+    the STATE_DRIFT notice before the 1001, so it resyncs on reconnecting."""
+    active.send("a", buffered=0)
+    active.send("b", buffered=0)
+    active.report_client_seq(0.5, 1)
+    active.take_actions()
+    active.drain(1.0)
+    active.take_actions()
+    active.channels_released(1.0, buffered=0)
+    assert active.take_actions() == [
+        SendStateDrift(2, 1),
+        SendClose(CloseCode.GOING_AWAY, "server shutting down"),
+    ]
+    assert scheduler.metrics.state_drift_notices == 1
 
 
 def test_drain_deadline_caps_an_existing_close_deadline(make_scheduler: MakeScheduler) -> None:
@@ -1921,7 +1989,8 @@ def test_reading_pauses_only_while_active(scheduler: Scheduler) -> None:
     assert lc.reading_paused
     assert lc.take_actions() == []
     lc.resume_reading(1.5)
-    assert not paused_of(lc)
+    # Exactly False, as on a new connection: drivers compare it by identity.
+    assert paused_of(lc) is False
     for state in (DRAINING, CLOSED):
         other = in_state(scheduler, state)
         other.pause_reading(2.0)
