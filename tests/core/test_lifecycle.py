@@ -9,11 +9,15 @@ import re
 from collections.abc import Callable, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests._hypothesis import examples
 from wslifecycle import (
     AlertKind,
     CloseCode,
     ClosingStep,
+    Config,
     ConnectionClosed,
     ConnectionLifecycle,
     HeartbeatMode,
@@ -42,6 +46,8 @@ from wslifecycle.actions import (
     Terminate,
 )
 from wslifecycle.heartbeat import heartbeat_text
+from wslifecycle.testing import seeded_entropy
+from wslifecycle.testing.strategies import sendable_close_codes
 
 from .conftest import MakeScheduler
 
@@ -918,6 +924,24 @@ def test_fail_from_active_closes_without_drift_notice(
     assert scheduler.metrics.state_drift_notices == 0
 
 
+@settings(max_examples=examples(60))
+@given(code=sendable_close_codes, sent=st.integers(0, 3), reported=st.integers(0, 3))
+def test_a_failed_peer_never_gets_a_drift_notice(code: int, sent: int, reported: int) -> None:
+    """Whatever close code a misbehaving peer is failed with, and however far
+    its sequence number is off, its close frame comes with no STATE_DRIFT notice."""
+    scheduler = Scheduler(Config(heartbeat_interval=10.0, allow_no_origin=True), seeded_entropy(1))
+    lc = accept(scheduler)
+    for _ in range(sent):
+        lc.send("x", buffered=0)
+    lc.report_client_seq(0.5, reported)
+    lc.take_actions()
+    lc.fail(1.0, Cause.POLICY_VIOLATION, code, "bad peer")
+    lc.take_actions()
+    lc.channels_released(1.0, buffered=0)
+    assert lc.take_actions() == [SendClose(code, "bad peer")]
+    assert scheduler.metrics.state_drift_notices == 0
+
+
 def test_fail_without_a_reason_closes_with_an_empty_one(active: ConnectionLifecycle) -> None:
     """fail() with no reason sends the close code alone (an empty reason)."""
     active.fail(1.0, Cause.PROTOCOL_ERROR, 1002)
@@ -956,6 +980,18 @@ def test_fail_after_closed_is_ignored(scheduler: Scheduler) -> None:
 
 
 # --------------------------------------------------------------- handler_failed
+
+
+def test_close_codes_sent_counts_every_close_frame(scheduler: Scheduler) -> None:
+    """close_codes_sent counts each close frame under its code, across connections."""
+    for code in (1000, 1000, 4000):
+        lc = accept(scheduler)
+        lc.close(1.0, code)
+        lc.channels_released(1.0, buffered=0)
+    lc = accept(scheduler)
+    lc.receive_close(1.0, 4000)
+    lc.channels_released(1.0, buffered=0)
+    assert scheduler.metrics.close_codes_sent == {1000: 2, 4000: 2}
 
 
 def test_handler_failed_closes_with_1011(active: ConnectionLifecycle, scheduler: Scheduler) -> None:
