@@ -20,6 +20,7 @@ from wslifecycle import (
     Config,
     ConnectionClosed,
     ConnectionLifecycle,
+    Entropy,
     HeartbeatMode,
     Input,
     InvalidCloseCode,
@@ -134,7 +135,7 @@ def test_a_new_connection_is_open_with_a_handshake_deadline(scheduler: Scheduler
     assert lc.deadline == 3.0 + scheduler.config.handshake_timeout
     assert (lc.seq, lc.client_seq, lc.missed_pongs, lc.missed_echoes) == (0, None, 0, 0)
     assert lc.latency is None
-    assert not lc.reading_paused
+    assert lc.reading_paused is False
     assert lc.closing_step is None
     assert lc.channels == frozenset()
     assert not lc.accepts_sends
@@ -202,6 +203,14 @@ def test_request_upgrade_refuses_a_foreign_origin_with_403(make_scheduler: MakeS
     assert scheduler.metrics.handshakes_rejected[403] == 1
     assert scheduler.metrics.closed_by_cause[Cause.ORIGIN_REJECTED] == 1
     assert scheduler.metrics.handshakes_accepted == 0
+
+
+def test_request_upgrade_accepts_the_hosts_own_origin(make_scheduler: MakeScheduler) -> None:
+    """An Origin naming the request's Host (same-origin) is accepted even when
+    Origin-less clients are not."""
+    lc = make_scheduler(allow_no_origin=False).open(0.0)
+    assert lc.request_upgrade(0.5, origin="https://app.example", host="app.example:443") is True
+    assert lc.state is ACTIVE
 
 
 def test_request_upgrade_without_origin_needs_allow_no_origin(
@@ -305,6 +314,22 @@ def test_refusals_are_counted_per_status(scheduler: Scheduler) -> None:
     }
 
 
+def test_closing_connections_count_toward_max_connections(
+    make_scheduler: MakeScheduler,
+) -> None:
+    """max_connections counts ACTIVE and DRAINING connections alike: a slot
+    is free again only once a closing connection is CLOSED."""
+    scheduler = make_scheduler(max_connections=2)
+    first, _second = accept(scheduler), accept(scheduler)
+    first.close(1.0)
+    refused = scheduler.open(1.0)
+    assert refused.request_upgrade(1.0, origin=None, host="localhost") is False
+    assert RejectUpgrade(503, "server is full") in refused.take_actions()
+    assert refused.cause is Cause.CONNECTION_LIMIT
+    first.transport_lost(2.0)
+    assert accept(scheduler, 2.0).state is ACTIVE
+
+
 def test_reject_upgrade_after_accept_raises(active: ConnectionLifecycle) -> None:
     """An accepted connection cannot be refused: InvalidTransition on UPGRADE_REJECTED."""
     with pytest.raises(InvalidTransition) as info:
@@ -378,6 +403,20 @@ def test_pong_with_another_payload_resets_missed_without_rtt(scheduler: Schedule
     assert lc.latency is None
     assert scheduler.metrics.snapshot().rtt.count == 0
     assert scheduler.metrics.pongs_received == 1
+
+
+def test_a_pong_without_payload_answers_an_empty_ping() -> None:
+    """receive_pong's payload defaults to the empty one, so it times a probe
+    whose payload was empty (an Entropy may give those)."""
+    entropy = Entropy(connection_id=lambda: "conn-1", probe_payload=lambda: b"")
+    scheduler = Scheduler(Config(heartbeat_interval=10.0, allow_no_origin=True), entropy)
+    lc = accept(scheduler)
+    due = deadline_of(lc)
+    assert due is not None
+    assert fire(scheduler, lc) == [SendPing(b"")]
+    lc.receive_pong(due + 0.25)
+    assert lc.latency == pytest.approx(0.25)
+    assert scheduler.metrics.snapshot().rtt.count == 1
 
 
 def test_pong_before_any_ping_gives_no_rtt(
@@ -733,6 +772,27 @@ def test_unsubscribe_while_closing_is_harmless(scheduler: Scheduler, state: Stat
     lc = in_state(scheduler, state)
     lc.unsubscribe("news")
     assert lc.take_actions() == []
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        lambda lc: lc.terminate(1.0, Cause.SLOW_CONSUMER),
+        lambda lc: lc.transport_lost(1.0, "reset"),
+    ],
+    ids=["terminate", "transport lost"],
+)
+def test_unsubscribe_after_an_abrupt_end_is_harmless(
+    active: ConnectionLifecycle, end: Callable[[ConnectionLifecycle], object]
+) -> None:
+    """Channels released at once by a terminate or a lost transport are gone:
+    a late unsubscribe is a no-op and the connection lists no channel."""
+    active.subscribe("news")
+    end(active)
+    active.take_actions()
+    active.unsubscribe("news")
+    assert active.take_actions() == []
+    assert active.channels == frozenset()
 
 
 # ------------------------------------------------------------------------ close
@@ -1424,6 +1484,14 @@ def test_handshake_timeout(scheduler: Scheduler) -> None:
     assert scheduler.metrics.terminations == {Cause.HANDSHAKE_TIMEOUT: 1}
 
 
+def test_handle_timer_is_on_time_unless_told_stalled(scheduler: Scheduler) -> None:
+    """handle_timer(now) with no ``stalled`` is an on-time tick: a handshake
+    past its deadline is terminated, not given more time."""
+    lc = scheduler.open(0.0)
+    lc.handle_timer(10.0)
+    assert lc.take_actions()[-1] == Terminate(Cause.HANDSHAKE_TIMEOUT)
+
+
 @pytest.mark.parametrize("state", [OPEN, DRAINING])
 def test_stalled_timer_terminates_nobody_before_or_after_active(
     scheduler: Scheduler, state: State
@@ -1717,6 +1785,16 @@ DISPATCH: list[tuple[Prep, ev.Event, Direct]] = [
     ),
     (
         _open,
+        ev.UpgradeRequested(0.5, "https://evil.example", "localhost"),
+        lambda lc: lc.request_upgrade(0.5, origin="https://evil.example", host="localhost"),
+    ),
+    (
+        _open,
+        ev.UpgradeRequested(0.5, "https://app.example", "app.example"),
+        lambda lc: lc.request_upgrade(0.5, origin="https://app.example", host="app.example"),
+    ),
+    (
+        _open,
         ev.UpgradeInvalid(0.5, 431, "too big"),
         lambda lc: lc.reject_upgrade(0.5, 431, "too big"),
     ),
@@ -1807,6 +1885,31 @@ def test_handle_calls_the_events_method(
     after_method = _observe(via_method, lc_method, direct(lc_method))
     assert after_event == after_method
     assert after_event != before
+    # A teardown's close frame is decided by its input too: finish it and compare.
+    if lc_event.state is DRAINING:
+        lc_event.channels_released(3.0, buffered=0)
+        lc_method.channels_released(3.0, buffered=0)
+        assert lc_event.take_actions() == lc_method.take_actions()
+
+
+def test_handle_times_the_answers_to_a_probe(make_scheduler: MakeScheduler) -> None:
+    """handle() passes a pong's payload and an echo's arrival time on: the
+    latest probe's answers, given as events, measure both round trips."""
+    scheduler = make_scheduler(heartbeat_mode=HeartbeatMode.BOTH)
+    lc = accept(scheduler)
+    due = deadline_of(lc)
+    assert due is not None
+    ping, probe = fire(scheduler, lc)
+    assert isinstance(ping, SendPing)
+    assert isinstance(probe, SendHeartbeat)
+    lc.handle(ev.PongReceived(due + 0.25, ping.payload))
+    lc.handle(ev.MessageReceived(due + 0.5, probe.text))
+    assert lc.take_actions() == []
+    assert lc.latency == pytest.approx(0.25)
+    snapshot = scheduler.metrics.snapshot()
+    assert (snapshot.rtt.count, snapshot.app_rtt.count) == (1, 1)
+    assert snapshot.rtt.total == pytest.approx(0.25)
+    assert snapshot.app_rtt.total == pytest.approx(0.5)
 
 
 def test_dispatch_table_covers_every_event_class() -> None:
@@ -2051,10 +2154,11 @@ def test_reading_pauses_only_while_active(scheduler: Scheduler) -> None:
 def test_leaving_active_resumes_reading(
     active: ConnectionLifecycle, leave: Callable[[ConnectionLifecycle], object]
 ) -> None:
-    """Whatever ends ACTIVE, reading is no longer paused afterwards."""
+    """Whatever ends ACTIVE, reading_paused is False afterwards (exactly:
+    drivers compare it by identity)."""
     active.pause_reading(1.0)
     leave(active)
-    assert not paused_of(active)
+    assert paused_of(active) is False
 
 
 def test_the_closing_steps_of_our_close(active: ConnectionLifecycle) -> None:
