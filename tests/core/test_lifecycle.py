@@ -1726,6 +1726,25 @@ def test_both_mode_timeout_prefers_the_protocol_cause(make_scheduler: MakeSchedu
     assert scheduler.metrics.missed_app_heartbeats == 1
 
 
+@pytest.mark.parametrize("mode", [HeartbeatMode.PROTOCOL, HeartbeatMode.APPLICATION])
+def test_every_unanswered_probe_is_counted_missed(
+    make_scheduler: MakeScheduler, mode: HeartbeatMode
+) -> None:
+    """missed_pongs (pings) or missed_app_heartbeats (JSON heartbeats) counts
+    each unanswered probe once: a silent peer timed out after M probes adds M."""
+    scheduler = make_scheduler(heartbeat_mode=mode, max_missed_pongs=4)
+    lc = accept(scheduler)
+    for _ in range(4):
+        assert len(fire(scheduler, lc)) == 1
+    assert fire(scheduler, lc)[-1] == Terminate(
+        Cause.HEARTBEAT_TIMEOUT if mode is HeartbeatMode.PROTOCOL else Cause.APP_HEARTBEAT_TIMEOUT
+    )
+    metrics = scheduler.metrics
+    assert (metrics.missed_pongs, metrics.missed_app_heartbeats) == (
+        (4, 0) if mode is HeartbeatMode.PROTOCOL else (0, 4)
+    )
+
+
 def test_max_missed_one_times_out_after_two_intervals(make_scheduler: MakeScheduler) -> None:
     """max_missed_pongs=1: one unanswered ping, then terminate one interval later."""
     scheduler = make_scheduler(max_missed_pongs=1)
@@ -2047,6 +2066,22 @@ def test_release_channels_precedes_close_and_terminate(
 # ----------------------------------------------------------------------- metrics
 
 
+def test_terminations_and_drift_notices_are_counted_each_time(scheduler: Scheduler) -> None:
+    """terminations counts every terminate under its cause, and
+    state_drift_notices every notice sent, across connections."""
+    for _ in range(3):
+        accept(scheduler).terminate(1.0, Cause.SLOW_CONSUMER)
+    for _ in range(2):
+        lc = accept(scheduler)
+        lc.send("a", buffered=0)
+        lc.report_client_seq(0.5, 0)
+        lc.close(1.0)
+        lc.channels_released(1.0, buffered=0)
+    metrics = scheduler.metrics
+    assert metrics.terminations == {Cause.SLOW_CONSUMER: 3}
+    assert metrics.state_drift_notices == 2
+
+
 def test_metrics_follow_a_mixed_population(make_scheduler: MakeScheduler) -> None:
     """Counters by state, causes, terminations, close codes and drift notices add up."""
     scheduler = make_scheduler()
@@ -2118,6 +2153,28 @@ def test_a_returning_handler_of_a_lagging_client_sends_the_drift_notice(
     active.take_actions()
     active.channels_released(1.0, buffered=0)
     assert active.take_actions() == [SendStateDrift(1, 0), SendClose(1000, "")]
+
+
+def test_a_stalled_handlers_close_tells_a_lagging_client_about_the_drift(
+    make_scheduler: MakeScheduler,
+) -> None:
+    """The stalled-handler close is the server's own (1013 'server handler
+    stalled'): a client behind on its sequence gets the STATE_DRIFT notice first."""
+    scheduler = make_scheduler(max_missed_pongs=2)
+    lc = accept(scheduler)
+    lc.send("a", buffered=0)
+    lc.report_client_seq(0.5, 0)
+    lc.pause_reading(0.5)
+    lc.take_actions()
+    for _ in range(2):
+        fire(scheduler, lc)
+    assert kinds(fire(scheduler, lc)) == [StateChanged, ReleaseChannels]
+    assert lc.cause is Cause.HANDLER_STALLED
+    lc.channels_released(40.0, buffered=0)
+    assert lc.take_actions() == [
+        SendStateDrift(1, 0),
+        SendClose(CloseCode.TRY_AGAIN_LATER, "server handler stalled"),
+    ]
 
 
 def test_reading_pauses_only_while_active(scheduler: Scheduler) -> None:
