@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests._hypothesis import examples
 from wslifecycle import (
     AlertKind,
     CloseCode,
     ClosingStep,
+    Config,
     ConnectionClosed,
     ConnectionLifecycle,
+    Entropy,
     HeartbeatMode,
     Input,
     InvalidCloseCode,
@@ -41,6 +47,8 @@ from wslifecycle.actions import (
     Terminate,
 )
 from wslifecycle.heartbeat import heartbeat_text
+from wslifecycle.testing import seeded_entropy
+from wslifecycle.testing.strategies import sendable_close_codes
 
 from .conftest import MakeScheduler
 
@@ -127,7 +135,7 @@ def test_a_new_connection_is_open_with_a_handshake_deadline(scheduler: Scheduler
     assert lc.deadline == 3.0 + scheduler.config.handshake_timeout
     assert (lc.seq, lc.client_seq, lc.missed_pongs, lc.missed_echoes) == (0, None, 0, 0)
     assert lc.latency is None
-    assert not lc.reading_paused
+    assert lc.reading_paused is False
     assert lc.closing_step is None
     assert lc.channels == frozenset()
     assert not lc.accepts_sends
@@ -197,6 +205,14 @@ def test_request_upgrade_refuses_a_foreign_origin_with_403(make_scheduler: MakeS
     assert scheduler.metrics.handshakes_accepted == 0
 
 
+def test_request_upgrade_accepts_the_hosts_own_origin(make_scheduler: MakeScheduler) -> None:
+    """An Origin naming the request's Host (same-origin) is accepted even when
+    Origin-less clients are not."""
+    lc = make_scheduler(allow_no_origin=False).open(0.0)
+    assert lc.request_upgrade(0.5, origin="https://app.example", host="app.example:443") is True
+    assert lc.state is ACTIVE
+
+
 def test_request_upgrade_without_origin_needs_allow_no_origin(
     make_scheduler: MakeScheduler,
 ) -> None:
@@ -223,6 +239,23 @@ def test_request_upgrade_while_draining_gets_503(scheduler: Scheduler) -> None:
     assert scheduler.metrics.handshakes_rejected == {503: 1}
 
 
+def test_a_plain_http_request_ends_without_a_deadline(scheduler: Scheduler) -> None:
+    """A plain HTTP request (/healthz) is CLOSED at once with cause plain_http:
+    no deadline left, gone from the scheduler, counted in http_requests only."""
+    lc = scheduler.open(0.0)
+    lc.serve_plain_http(0.1, "/healthz")
+    assert lc.take_actions() == [changed(lc, OPEN, CLOSED, Cause.PLAIN_HTTP), CloseTransport()]
+    assert (lc.state, lc.cause) == (CLOSED, Cause.PLAIN_HTTP)
+    assert lc.deadline is None
+    assert lc not in scheduler.connections
+    assert scheduler.next_deadline() is None
+    metrics = scheduler.metrics
+    assert metrics.http_requests == {"/healthz": 1}
+    assert metrics.connections[OPEN] == 0
+    assert not metrics.closed_by_cause
+    assert not metrics.handshakes_rejected
+
+
 @pytest.mark.parametrize("state", [ACTIVE, DRAINING, CLOSED])
 def test_request_upgrade_after_open_raises(scheduler: Scheduler, state: State) -> None:
     """A second upgrade is caller misuse: InvalidTransition, nothing queued, state kept."""
@@ -235,7 +268,7 @@ def test_request_upgrade_after_open_raises(scheduler: Scheduler, state: State) -
     assert lc.state is state
 
 
-@pytest.mark.parametrize("status", [400, 405, 426, 431, 500, 599])
+@pytest.mark.parametrize("status", [300, 301, 400, 405, 426, 431, 500, 599])
 def test_reject_upgrade(scheduler: Scheduler, status: int) -> None:
     """The wire's refusal goes out with its status; cause handshake_rejected."""
     lc = scheduler.open(0.0)
@@ -251,16 +284,50 @@ def test_reject_upgrade(scheduler: Scheduler, status: int) -> None:
     assert len(scheduler) == 0
 
 
-@pytest.mark.parametrize("status", [101, 200, 299, 600, 0, True])
-def test_reject_upgrade_needs_an_error_status(scheduler: Scheduler, status: int) -> None:
-    """A refusal with a status that is not a redirect or an error raises
-    ValueError and changes nothing."""
+@pytest.mark.parametrize("status", [101, 200, 299, 600, 0, True, 404.0, "404"])
+def test_reject_upgrade_needs_an_error_status(scheduler: Scheduler, status: object) -> None:
+    """A refusal with a status that is not an int from 300 (redirects) to 599
+    raises ValueError and changes nothing: a bool, a float or a string in the
+    range is refused like any other."""
     lc = scheduler.open(0.0)
-    with pytest.raises(ValueError, match=f"needs an HTTP status 300-599, got {status}$"):
-        lc.reject_upgrade(0.2, status, "nope")
+    expected = f"needs an HTTP status 300-599, got {re.escape(repr(status))}$"
+    with pytest.raises(ValueError, match=expected):
+        lc.reject_upgrade(0.2, status, "nope")  # type: ignore[arg-type]
     assert lc.state is OPEN
     assert lc.take_actions() == []
     assert not scheduler.metrics.handshakes_rejected
+
+
+def test_refusals_are_counted_per_status(scheduler: Scheduler) -> None:
+    """handshakes_rejected counts every refusal under its status, however
+    it came (the wire, the origin policy, a drain)."""
+    for _ in range(3):
+        scheduler.open(0.0).reject_upgrade(0.1, 400, "bad request")
+    scheduler.open(0.0).reject_upgrade(0.1, 426, "upgrade required")
+    scheduler.begin_drain(1.0)
+    for _ in range(2):
+        assert not scheduler.open(1.0).request_upgrade(1.0, origin=None, host="localhost")
+    assert scheduler.metrics.handshakes_rejected == {400: 3, 426: 1, 503: 2}
+    assert scheduler.metrics.closed_by_cause == {
+        Cause.HANDSHAKE_REJECTED: 4,
+        Cause.SERVER_DRAINING: 2,
+    }
+
+
+def test_closing_connections_count_toward_max_connections(
+    make_scheduler: MakeScheduler,
+) -> None:
+    """max_connections counts ACTIVE and DRAINING connections alike: a slot
+    is free again only once a closing connection is CLOSED."""
+    scheduler = make_scheduler(max_connections=2)
+    first, _second = accept(scheduler), accept(scheduler)
+    first.close(1.0)
+    refused = scheduler.open(1.0)
+    assert refused.request_upgrade(1.0, origin=None, host="localhost") is False
+    assert RejectUpgrade(503, "server is full") in refused.take_actions()
+    assert refused.cause is Cause.CONNECTION_LIMIT
+    first.transport_lost(2.0)
+    assert accept(scheduler, 2.0).state is ACTIVE
 
 
 def test_reject_upgrade_after_accept_raises(active: ConnectionLifecycle) -> None:
@@ -336,6 +403,20 @@ def test_pong_with_another_payload_resets_missed_without_rtt(scheduler: Schedule
     assert lc.latency is None
     assert scheduler.metrics.snapshot().rtt.count == 0
     assert scheduler.metrics.pongs_received == 1
+
+
+def test_a_pong_without_payload_answers_an_empty_ping() -> None:
+    """receive_pong's payload defaults to the empty one, so it times a probe
+    whose payload was empty (an Entropy may give those)."""
+    entropy = Entropy(connection_id=lambda: "conn-1", probe_payload=lambda: b"")
+    scheduler = Scheduler(Config(heartbeat_interval=10.0, allow_no_origin=True), entropy)
+    lc = accept(scheduler)
+    due = deadline_of(lc)
+    assert due is not None
+    assert fire(scheduler, lc) == [SendPing(b"")]
+    lc.receive_pong(due + 0.25)
+    assert lc.latency == pytest.approx(0.25)
+    assert scheduler.metrics.snapshot().rtt.count == 1
 
 
 def test_pong_before_any_ping_gives_no_rtt(
@@ -442,6 +523,30 @@ def test_echo_with_another_id_resets_without_rtt(make_scheduler: MakeScheduler) 
     assert lc.missed_echoes == 0
     assert scheduler.metrics.app_heartbeat_echoes == 1
     assert scheduler.metrics.snapshot().app_rtt.count == 0
+
+
+def test_answered_application_heartbeats_are_never_counted_missed(
+    make_scheduler: MakeScheduler,
+) -> None:
+    """A JSON heartbeat whose echo came back is not counted in
+    missed_app_heartbeats when the next one goes out, and its round trip is
+    timed once: a later echo without an id proves life but times nothing."""
+    scheduler = make_scheduler(heartbeat_mode=HeartbeatMode.APPLICATION)
+    lc = accept(scheduler)
+    for _ in range(3):
+        due = deadline_of(lc)
+        assert due is not None
+        [probe] = fire(scheduler, lc)
+        assert isinstance(probe, SendHeartbeat)
+        lc.receive_message(due + 0.5, probe.text)
+        lc.receive_message(due + 0.7, '{"type":"heartbeat"}')
+    assert lc.take_actions() == []
+    metrics = scheduler.metrics
+    assert metrics.app_heartbeats_sent == 3
+    assert metrics.app_heartbeat_echoes == 6
+    assert metrics.missed_app_heartbeats == 0
+    assert metrics.snapshot().app_rtt.count == 3
+    assert metrics.snapshot().app_rtt.total == pytest.approx(1.5)
 
 
 def test_ordinary_messages_are_delivered_in_application_mode(
@@ -669,6 +774,27 @@ def test_unsubscribe_while_closing_is_harmless(scheduler: Scheduler, state: Stat
     assert lc.take_actions() == []
 
 
+@pytest.mark.parametrize(
+    "end",
+    [
+        lambda lc: lc.terminate(1.0, Cause.SLOW_CONSUMER),
+        lambda lc: lc.transport_lost(1.0, "reset"),
+    ],
+    ids=["terminate", "transport lost"],
+)
+def test_unsubscribe_after_an_abrupt_end_is_harmless(
+    active: ConnectionLifecycle, end: Callable[[ConnectionLifecycle], object]
+) -> None:
+    """Channels released at once by a terminate or a lost transport are gone:
+    a late unsubscribe is a no-op and the connection lists no channel."""
+    active.subscribe("news")
+    end(active)
+    active.take_actions()
+    active.unsubscribe("news")
+    assert active.take_actions() == []
+    assert active.channels == frozenset()
+
+
 # ------------------------------------------------------------------------ close
 
 
@@ -858,6 +984,32 @@ def test_fail_from_active_closes_without_drift_notice(
     assert scheduler.metrics.state_drift_notices == 0
 
 
+@settings(max_examples=examples(60))
+@given(code=sendable_close_codes, sent=st.integers(0, 3), reported=st.integers(0, 3))
+def test_a_failed_peer_never_gets_a_drift_notice(code: int, sent: int, reported: int) -> None:
+    """Whatever close code a misbehaving peer is failed with, and however far
+    its sequence number is off, its close frame comes with no STATE_DRIFT notice."""
+    scheduler = Scheduler(Config(heartbeat_interval=10.0, allow_no_origin=True), seeded_entropy(1))
+    lc = accept(scheduler)
+    for _ in range(sent):
+        lc.send("x", buffered=0)
+    lc.report_client_seq(0.5, reported)
+    lc.take_actions()
+    lc.fail(1.0, Cause.POLICY_VIOLATION, code, "bad peer")
+    lc.take_actions()
+    lc.channels_released(1.0, buffered=0)
+    assert lc.take_actions() == [SendClose(code, "bad peer")]
+    assert scheduler.metrics.state_drift_notices == 0
+
+
+def test_fail_without_a_reason_closes_with_an_empty_one(active: ConnectionLifecycle) -> None:
+    """fail() with no reason sends the close code alone (an empty reason)."""
+    active.fail(1.0, Cause.PROTOCOL_ERROR, 1002)
+    active.take_actions()
+    active.channels_released(1.0, buffered=0)
+    assert active.take_actions() == [SendClose(1002, "")]
+
+
 def test_fail_validates_the_code_first(active: ConnectionLifecycle) -> None:
     """fail() with an unsendable code raises InvalidCloseCode and changes nothing."""
     with pytest.raises(InvalidCloseCode):
@@ -888,6 +1040,18 @@ def test_fail_after_closed_is_ignored(scheduler: Scheduler) -> None:
 
 
 # --------------------------------------------------------------- handler_failed
+
+
+def test_close_codes_sent_counts_every_close_frame(scheduler: Scheduler) -> None:
+    """close_codes_sent counts each close frame under its code, across connections."""
+    for code in (1000, 1000, 4000):
+        lc = accept(scheduler)
+        lc.close(1.0, code)
+        lc.channels_released(1.0, buffered=0)
+    lc = accept(scheduler)
+    lc.receive_close(1.0, 4000)
+    lc.channels_released(1.0, buffered=0)
+    assert scheduler.metrics.close_codes_sent == {1000: 2, 4000: 2}
 
 
 def test_handler_failed_closes_with_1011(active: ConnectionLifecycle, scheduler: Scheduler) -> None:
@@ -953,6 +1117,25 @@ def test_drain_closes_an_active_connection_with_1001(
     assert active.deadline == 1.0 + scheduler.config.close_timeout
     active.channels_released(1.0, buffered=0)
     assert active.take_actions() == [SendClose(CloseCode.GOING_AWAY, "server shutting down")]
+
+
+def test_a_drain_tells_a_lagging_client_about_the_drift(
+    active: ConnectionLifecycle, scheduler: Scheduler
+) -> None:
+    """A drain is the server's own close: a client behind on its sequence gets
+    the STATE_DRIFT notice before the 1001, so it resyncs on reconnecting."""
+    active.send("a", buffered=0)
+    active.send("b", buffered=0)
+    active.report_client_seq(0.5, 1)
+    active.take_actions()
+    active.drain(1.0)
+    active.take_actions()
+    active.channels_released(1.0, buffered=0)
+    assert active.take_actions() == [
+        SendStateDrift(2, 1),
+        SendClose(CloseCode.GOING_AWAY, "server shutting down"),
+    ]
+    assert scheduler.metrics.state_drift_notices == 1
 
 
 def test_drain_deadline_caps_an_existing_close_deadline(make_scheduler: MakeScheduler) -> None:
@@ -1301,6 +1484,14 @@ def test_handshake_timeout(scheduler: Scheduler) -> None:
     assert scheduler.metrics.terminations == {Cause.HANDSHAKE_TIMEOUT: 1}
 
 
+def test_handle_timer_is_on_time_unless_told_stalled(scheduler: Scheduler) -> None:
+    """handle_timer(now) with no ``stalled`` is an on-time tick: a handshake
+    past its deadline is terminated, not given more time."""
+    lc = scheduler.open(0.0)
+    lc.handle_timer(10.0)
+    assert lc.take_actions()[-1] == Terminate(Cause.HANDSHAKE_TIMEOUT)
+
+
 @pytest.mark.parametrize("state", [OPEN, DRAINING])
 def test_stalled_timer_terminates_nobody_before_or_after_active(
     scheduler: Scheduler, state: State
@@ -1535,6 +1726,25 @@ def test_both_mode_timeout_prefers_the_protocol_cause(make_scheduler: MakeSchedu
     assert scheduler.metrics.missed_app_heartbeats == 1
 
 
+@pytest.mark.parametrize("mode", [HeartbeatMode.PROTOCOL, HeartbeatMode.APPLICATION])
+def test_every_unanswered_probe_is_counted_missed(
+    make_scheduler: MakeScheduler, mode: HeartbeatMode
+) -> None:
+    """missed_pongs (pings) or missed_app_heartbeats (JSON heartbeats) counts
+    each unanswered probe once: a silent peer timed out after M probes adds M."""
+    scheduler = make_scheduler(heartbeat_mode=mode, max_missed_pongs=4)
+    lc = accept(scheduler)
+    for _ in range(4):
+        assert len(fire(scheduler, lc)) == 1
+    assert fire(scheduler, lc)[-1] == Terminate(
+        Cause.HEARTBEAT_TIMEOUT if mode is HeartbeatMode.PROTOCOL else Cause.APP_HEARTBEAT_TIMEOUT
+    )
+    metrics = scheduler.metrics
+    assert (metrics.missed_pongs, metrics.missed_app_heartbeats) == (
+        (4, 0) if mode is HeartbeatMode.PROTOCOL else (0, 4)
+    )
+
+
 def test_max_missed_one_times_out_after_two_intervals(make_scheduler: MakeScheduler) -> None:
     """max_missed_pongs=1: one unanswered ping, then terminate one interval later."""
     scheduler = make_scheduler(max_missed_pongs=1)
@@ -1591,6 +1801,16 @@ DISPATCH: list[tuple[Prep, ev.Event, Direct]] = [
         _open,
         ev.UpgradeRequested(0.5, None, "localhost"),
         lambda lc: lc.request_upgrade(0.5, origin=None, host="localhost"),
+    ),
+    (
+        _open,
+        ev.UpgradeRequested(0.5, "https://evil.example", "localhost"),
+        lambda lc: lc.request_upgrade(0.5, origin="https://evil.example", host="localhost"),
+    ),
+    (
+        _open,
+        ev.UpgradeRequested(0.5, "https://app.example", "app.example"),
+        lambda lc: lc.request_upgrade(0.5, origin="https://app.example", host="app.example"),
     ),
     (
         _open,
@@ -1684,6 +1904,31 @@ def test_handle_calls_the_events_method(
     after_method = _observe(via_method, lc_method, direct(lc_method))
     assert after_event == after_method
     assert after_event != before
+    # A teardown's close frame is decided by its input too: finish it and compare.
+    if lc_event.state is DRAINING:
+        lc_event.channels_released(3.0, buffered=0)
+        lc_method.channels_released(3.0, buffered=0)
+        assert lc_event.take_actions() == lc_method.take_actions()
+
+
+def test_handle_times_the_answers_to_a_probe(make_scheduler: MakeScheduler) -> None:
+    """handle() passes a pong's payload and an echo's arrival time on: the
+    latest probe's answers, given as events, measure both round trips."""
+    scheduler = make_scheduler(heartbeat_mode=HeartbeatMode.BOTH)
+    lc = accept(scheduler)
+    due = deadline_of(lc)
+    assert due is not None
+    ping, probe = fire(scheduler, lc)
+    assert isinstance(ping, SendPing)
+    assert isinstance(probe, SendHeartbeat)
+    lc.handle(ev.PongReceived(due + 0.25, ping.payload))
+    lc.handle(ev.MessageReceived(due + 0.5, probe.text))
+    assert lc.take_actions() == []
+    assert lc.latency == pytest.approx(0.25)
+    snapshot = scheduler.metrics.snapshot()
+    assert (snapshot.rtt.count, snapshot.app_rtt.count) == (1, 1)
+    assert snapshot.rtt.total == pytest.approx(0.25)
+    assert snapshot.app_rtt.total == pytest.approx(0.5)
 
 
 def test_dispatch_table_covers_every_event_class() -> None:
@@ -1821,6 +2066,22 @@ def test_release_channels_precedes_close_and_terminate(
 # ----------------------------------------------------------------------- metrics
 
 
+def test_terminations_and_drift_notices_are_counted_each_time(scheduler: Scheduler) -> None:
+    """terminations counts every terminate under its cause, and
+    state_drift_notices every notice sent, across connections."""
+    for _ in range(3):
+        accept(scheduler).terminate(1.0, Cause.SLOW_CONSUMER)
+    for _ in range(2):
+        lc = accept(scheduler)
+        lc.send("a", buffered=0)
+        lc.report_client_seq(0.5, 0)
+        lc.close(1.0)
+        lc.channels_released(1.0, buffered=0)
+    metrics = scheduler.metrics
+    assert metrics.terminations == {Cause.SLOW_CONSUMER: 3}
+    assert metrics.state_drift_notices == 2
+
+
 def test_metrics_follow_a_mixed_population(make_scheduler: MakeScheduler) -> None:
     """Counters by state, causes, terminations, close codes and drift notices add up."""
     scheduler = make_scheduler()
@@ -1894,6 +2155,28 @@ def test_a_returning_handler_of_a_lagging_client_sends_the_drift_notice(
     assert active.take_actions() == [SendStateDrift(1, 0), SendClose(1000, "")]
 
 
+def test_a_stalled_handlers_close_tells_a_lagging_client_about_the_drift(
+    make_scheduler: MakeScheduler,
+) -> None:
+    """The stalled-handler close is the server's own (1013 'server handler
+    stalled'): a client behind on its sequence gets the STATE_DRIFT notice first."""
+    scheduler = make_scheduler(max_missed_pongs=2)
+    lc = accept(scheduler)
+    lc.send("a", buffered=0)
+    lc.report_client_seq(0.5, 0)
+    lc.pause_reading(0.5)
+    lc.take_actions()
+    for _ in range(2):
+        fire(scheduler, lc)
+    assert kinds(fire(scheduler, lc)) == [StateChanged, ReleaseChannels]
+    assert lc.cause is Cause.HANDLER_STALLED
+    lc.channels_released(40.0, buffered=0)
+    assert lc.take_actions() == [
+        SendStateDrift(1, 0),
+        SendClose(CloseCode.TRY_AGAIN_LATER, "server handler stalled"),
+    ]
+
+
 def test_reading_pauses_only_while_active(scheduler: Scheduler) -> None:
     """pause_reading takes effect in ACTIVE only: a closing connection must
     read the peer's close frame; before the upgrade it is misuse."""
@@ -1902,7 +2185,8 @@ def test_reading_pauses_only_while_active(scheduler: Scheduler) -> None:
     assert lc.reading_paused
     assert lc.take_actions() == []
     lc.resume_reading(1.5)
-    assert not paused_of(lc)
+    # Exactly False, as on a new connection: drivers compare it by identity.
+    assert paused_of(lc) is False
     for state in (DRAINING, CLOSED):
         other = in_state(scheduler, state)
         other.pause_reading(2.0)
@@ -1927,10 +2211,11 @@ def test_reading_pauses_only_while_active(scheduler: Scheduler) -> None:
 def test_leaving_active_resumes_reading(
     active: ConnectionLifecycle, leave: Callable[[ConnectionLifecycle], object]
 ) -> None:
-    """Whatever ends ACTIVE, reading is no longer paused afterwards."""
+    """Whatever ends ACTIVE, reading_paused is False afterwards (exactly:
+    drivers compare it by identity)."""
     active.pause_reading(1.0)
     leave(active)
-    assert not paused_of(active)
+    assert paused_of(active) is False
 
 
 def test_the_closing_steps_of_our_close(active: ConnectionLifecycle) -> None:
