@@ -237,6 +237,23 @@ def test_compaction_keeps_live_deadlines(scheduler: Scheduler) -> None:
     assert all(lc.state is State.CLOSED for lc in live)
 
 
+def test_compaction_counts_a_connection_re_armed_within_its_cell_once(
+    make_scheduler: MakeScheduler,
+) -> None:
+    """A connection whose deadline moved within its grid cell is one live
+    entry there after compaction: once it moves on, that cell is empty, and
+    the next wake-up and deadline are the connection's new ones."""
+    scheduler = make_scheduler(timer_slack=2.0)
+    lc = scheduler.open(0.0)  # handshake deadline 10: cell 10
+    assert lc.request_upgrade(3.0, origin=None, host="localhost")
+    assert lc.deadline == pytest.approx(3.0 + 10 * GOLDEN)  # 9.18: cell 10 too
+    for _ in range(100):  # churn until the cells are rebuilt
+        scheduler.open(3.0).reject_upgrade(3.0, 400, "bad")
+    lc.close(4.0)  # close deadline 14: cell 14
+    assert scheduler.next_wakeup() == 14.0
+    assert scheduler.next_deadline() == 14.0
+
+
 @pytest.mark.parametrize("now", [0.0, 0.1, 3.7, 9.99, 100.0, 12345.678, 1e6 + 0.5])
 def test_first_heartbeat_slot_lies_within_one_interval(scheduler: Scheduler, now: float) -> None:
     """Each accepted connection's first heartbeat is in (now, now + interval]."""
