@@ -237,6 +237,32 @@ def test_compaction_keeps_live_deadlines(scheduler: Scheduler) -> None:
     assert all(lc.state is State.CLOSED for lc in live)
 
 
+def entries_held(scheduler: Scheduler) -> int:
+    """The timer entries the scheduler's cells hold, stale ones included."""
+    return sum(len(cell.members) for cell in scheduler._cells.values())
+
+
+def test_cells_are_rebuilt_exactly_when_entries_pass_twice_the_live_ones_plus_64(
+    scheduler: Scheduler,
+) -> None:
+    """Each new deadline adds one timer entry, until the entries would pass
+    2 × live + 64 (docs/theory.md): then the cells are rebuilt and hold one
+    entry per live connection. This holds at every rebuild, not only the first."""
+    live = [scheduler.open(float(i)) for i in range(5)]  # five cells
+    assert entries_held(scheduler) == len(live)
+    rebuilds = 0
+    for _ in range(300):
+        before = entries_held(scheduler)
+        churn = scheduler.open(5.0)  # files one deadline
+        if before + 1 > 2 * len(scheduler) + 64:
+            assert entries_held(scheduler) == len(scheduler)
+            rebuilds += 1
+        else:
+            assert entries_held(scheduler) == before + 1
+        churn.transport_lost(5.0)  # its entry goes stale
+    assert rebuilds >= 3
+
+
 def test_compaction_counts_a_connection_re_armed_within_its_cell_once(
     make_scheduler: MakeScheduler,
 ) -> None:
