@@ -300,15 +300,17 @@ def test_the_next_deadline_is_the_earliest_live_one(
     slack: float, doings: list[tuple[str, int]]
 ) -> None:
     """Whatever connections come, move their deadlines and go (through rebuilds
-    of the cells too), and then as the timer runs until all have ended,
-    next_deadline is the earliest deadline of a live connection and
-    next_wakeup lies on it or within one slack after it."""
+    of the cells and limited ticks too), and then as the timer runs until all
+    have ended, next_deadline is the earliest deadline of a live connection
+    and next_wakeup lies on it or within one slack after it."""
     config = Config(heartbeat_interval=10.0, allow_no_origin=True, timer_slack=slack)
     scheduler = Scheduler(config, seeded_entropy(1))
     now = 0.0
     kept: list[ConnectionLifecycle] = []
 
     def check() -> float | None:
+        # Its tally of timer entries, which decides when to rebuild, is true.
+        assert scheduler._entries == entries_held(scheduler)
         deadlines = [lc.deadline for lc in scheduler.connections if lc.deadline is not None]
         earliest = min(deadlines, default=None)
         assert scheduler.next_deadline() == earliest
@@ -333,9 +335,12 @@ def test_the_next_deadline_is_the_earliest_live_one(
             some.close(now)
         elif what == "lose" and some is not None and state_of(some) is not State.CLOSED:
             some.transport_lost(now)
-        elif what == "wait":
+        elif what == "wait":  # a driver's tick, maybe limited, called while due
             now += n / 10
-            scheduler.tick(now)
+            limit = n % 4 or None
+            scheduler.tick(now, limit)
+            while (wakeup := scheduler.next_wakeup()) is not None and wakeup <= now:
+                scheduler.tick(now, limit)
         elif what == "drain":
             scheduler.begin_drain(now)
         check()
