@@ -326,7 +326,9 @@ class Scheduler:
         entries = 0
         live = self._live
         for wakeup, cell in self._cells.items():
-            members = [lifecycle for lifecycle in cell.members if live.get(lifecycle) == wakeup]
+            # One entry per connection: one re-armed within its own cell is
+            # listed twice there, and ``alive`` counts connections.
+            members = list(dict.fromkeys(lc for lc in cell.members if live.get(lc) == wakeup))
             if members:
                 cells[wakeup] = fresh = _Cell()
                 fresh.members = members

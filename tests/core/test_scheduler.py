@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Set
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests._hypothesis import examples
 from wslifecycle import (
     AlertKind,
     Config,
@@ -235,6 +238,116 @@ def test_compaction_keeps_live_deadlines(scheduler: Scheduler) -> None:
     assert scheduler.next_deadline() == 10.0
     assert scheduler.tick(10.0) == live
     assert all(lc.state is State.CLOSED for lc in live)
+
+
+def entries_held(scheduler: Scheduler) -> int:
+    """The timer entries the scheduler's cells hold, stale ones included."""
+    return sum(len(cell.members) for cell in scheduler._cells.values())
+
+
+def test_cells_are_rebuilt_exactly_when_entries_pass_twice_the_live_ones_plus_64(
+    scheduler: Scheduler,
+) -> None:
+    """Each new deadline adds one timer entry, until the entries would pass
+    2 × live + 64 (docs/theory.md): then the cells are rebuilt and hold one
+    entry per live connection. This holds at every rebuild, not only the first."""
+    live = [scheduler.open(float(i)) for i in range(5)]  # five cells
+    assert entries_held(scheduler) == len(live)
+    rebuilds = 0
+    for _ in range(300):
+        before = entries_held(scheduler)
+        churn = scheduler.open(5.0)  # files one deadline
+        if before + 1 > 2 * len(scheduler) + 64:
+            assert entries_held(scheduler) == len(scheduler)
+            rebuilds += 1
+        else:
+            assert entries_held(scheduler) == before + 1
+        churn.transport_lost(5.0)  # its entry goes stale
+    assert rebuilds >= 3
+
+
+def test_compaction_counts_a_connection_re_armed_within_its_cell_once(
+    make_scheduler: MakeScheduler,
+) -> None:
+    """A connection whose deadline moved within its grid cell is one live
+    entry there after compaction: once it moves on, that cell is empty, and
+    the next wake-up and deadline are the connection's new ones."""
+    scheduler = make_scheduler(timer_slack=2.0)
+    lc = scheduler.open(0.0)  # handshake deadline 10: cell 10
+    assert lc.request_upgrade(3.0, origin=None, host="localhost")
+    assert lc.deadline == pytest.approx(3.0 + 10 * GOLDEN)  # 9.18: cell 10 too
+    for _ in range(100):  # churn until the cells are rebuilt
+        scheduler.open(3.0).reject_upgrade(3.0, 400, "bad")
+    lc.close(4.0)  # close deadline 14: cell 14
+    assert scheduler.next_wakeup() == 14.0
+    assert scheduler.next_deadline() == 14.0
+
+
+#: A driver's and its peers' doings: (what, how many or which, or tenths of a second).
+CHURN = st.lists(
+    st.tuples(
+        st.sampled_from(["open", "refuse", "upgrade", "close", "lose", "wait", "drain"]),
+        st.integers(0, 80),
+    ),
+    min_size=10,
+    max_size=60,
+)
+
+
+@given(slack=st.sampled_from([0.0, 0.05, 2.0]), doings=CHURN)
+@settings(max_examples=examples(100), deadline=None)
+def test_the_next_deadline_is_the_earliest_live_one(
+    slack: float, doings: list[tuple[str, int]]
+) -> None:
+    """Whatever connections come, move their deadlines and go (through rebuilds
+    of the cells and limited ticks too), and then as the timer runs until all
+    have ended, next_deadline is the earliest deadline of a live connection
+    and next_wakeup lies on it or within one slack after it."""
+    config = Config(heartbeat_interval=10.0, allow_no_origin=True, timer_slack=slack)
+    scheduler = Scheduler(config, seeded_entropy(1))
+    now = 0.0
+    kept: list[ConnectionLifecycle] = []
+
+    def check() -> float | None:
+        # Its tally of timer entries, which decides when to rebuild, is true.
+        assert scheduler._entries == entries_held(scheduler)
+        deadlines = [lc.deadline for lc in scheduler.connections if lc.deadline is not None]
+        earliest = min(deadlines, default=None)
+        assert scheduler.next_deadline() == earliest
+        wakeup = scheduler.next_wakeup()
+        if earliest is None:
+            assert wakeup is None
+        else:
+            assert wakeup is not None
+            assert earliest <= wakeup <= earliest + slack + 1e-9
+        return wakeup
+
+    for what, n in doings:
+        some = kept[n % len(kept)] if kept else None
+        if what == "open":
+            kept.append(scheduler.open(now))
+        elif what == "refuse":  # 40 to 120 stale entries: the cells get rebuilt
+            for _ in range(40 + n):
+                scheduler.open(now).reject_upgrade(now, 400, "bad")
+        elif what == "upgrade" and some is not None and state_of(some) is State.OPEN:
+            some.request_upgrade(now, origin=None, host="localhost")
+        elif what == "close" and some is not None and state_of(some) is State.ACTIVE:
+            some.close(now)
+        elif what == "lose" and some is not None and state_of(some) is not State.CLOSED:
+            some.transport_lost(now)
+        elif what == "wait":  # a driver's tick, maybe limited, called while due
+            now += n / 10
+            limit = n % 4 or None
+            scheduler.tick(now, limit)
+            while (wakeup := scheduler.next_wakeup()) is not None and wakeup <= now:
+                scheduler.tick(now, limit)
+        elif what == "drain":
+            scheduler.begin_drain(now)
+        check()
+    while (wakeup := check()) is not None:  # nobody answers: all end in time
+        now = max(now, wakeup)
+        scheduler.tick(now)
+    assert len(scheduler) == 0
 
 
 @pytest.mark.parametrize("now", [0.0, 0.1, 3.7, 9.99, 100.0, 12345.678, 1e6 + 0.5])
