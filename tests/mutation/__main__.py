@@ -183,6 +183,9 @@ def main() -> int:
         help="Hypothesis examples, as a fraction of the suite's (default 0.2)",
     )
     parser.add_argument(
+        "--no-tables", action="store_true", help="mutmut only: skip the table mutants"
+    )
+    parser.add_argument(
         "--tables-only",
         action="store_true",
         help="skip mutmut; only the table mutants (and mutmut's last results)",
@@ -223,7 +226,7 @@ def main() -> int:
     results = mutmut_results(workdir, modules)
 
     table_modules = {f"wslifecycle.{m}" for m in modules}
-    if any(module in table_modules for module, _ in tables.TABLES):
+    if not args.no_tables and any(module in table_modules for module, _ in tables.TABLES):
         print("table mutants (tests/mutation/tables.py)", flush=True)
         os.chdir(ROOT)
         for name, code in tables.run(selection, table_modules, str(workdir), args.workers).items():
