@@ -133,6 +133,13 @@ def test_valid_utf8_split_inside_a_character_is_delivered(mode: str) -> None:
         (frame(OP_TEXT, b"x", rsv=1), "§5.2: RSV3"),
         (frame(0x3, b"x"), "§5.2: reserved data opcode"),
         (frame(0xB, b"x"), "§5.2: reserved control opcode"),
+        (frame(0xB, b""), "§5.2: reserved control opcode, empty"),
+        (frame(0xB, b"\x03\xe8"), "§5.2: reserved control opcode, a close's payload"),
+        (
+            # Read as masked, the next 4 bytes would be its key and a ping would follow.
+            frame(OP_PING, b"", mask=False) + bytes(4) + frame(OP_PING),
+            "§5.1: unmasked empty frame",
+        ),
         (frame(OP_TEXT, b"x", mask=False), "§5.1: unmasked client frame"),
         (frame(OP_CONT, b"x"), "§5.4: continuation with nothing to continue"),
         (frame(OP_TEXT, b"a", fin=False) + frame(OP_TEXT, b"b"), "§5.4: new message mid-way"),
@@ -417,3 +424,20 @@ def test_client_frames_use_the_shortest_length_encoding_and_read_back() -> None:
         assert data[1] == 0x80 | expected
         reader = FrameReader(config(max_message_size=65536), [])
         assert reader.feed(data) == [InboundMessage(payload)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_frames_with_16_bit_lengths_back_to_back_are_each_delivered(mode: str) -> None:
+    """RFC 6455 §5.2: the 16-bit length is read big-endian from the two bytes
+    after the header's first two, and the next frame starts right after the
+    payload, however many frames one read holds."""
+    first, second = bytes(range(256)) + b"a" * 128, b"b" * 40000  # 384 and 40000 bytes
+    data = frame(OP_BINARY, first) + frame(OP_BINARY, second) + text("after")
+    assert feed(open_wire(), data, mode).messages == [first, second, "after"]
+
+
+def test_nothing_after_a_close_frame_is_read_even_in_a_later_read() -> None:
+    """RFC 6455 §5.5.1: after a close frame the reader ignores all input."""
+    reader = FrameReader(config(), [])
+    assert reader.feed(close_frame(1000)) != []
+    assert reader.feed(text("late") + frame(OP_PING, b"p")) == []
