@@ -264,13 +264,16 @@ def test_pings_are_spaced_and_spread(interval: float, count: int, burst: bool, s
 misuse = (LifecycleError, ValueError)
 
 
-@given(
-    config=configs(allow_no_origin=True),
-    seed=st.integers(0, 2**32),
-    script=st.lists(
-        st.tuples(st.integers(0, 3), events(st.floats(0.0, 50.0))), min_size=1, max_size=60
-    ),
-)
+def histories(connections: int) -> st.SearchStrategy[list[tuple[int, ev.Event]]]:
+    """Up to 60 events, each for one of ``connections`` connections, in 0..50 s."""
+    return st.lists(
+        st.tuples(st.integers(0, connections - 1), events(st.floats(0.0, 50.0))),
+        min_size=1,
+        max_size=60,
+    )
+
+
+@given(config=configs(allow_no_origin=True), seed=st.integers(0, 2**32), script=histories(4))
 @settings(max_examples=examples(300))
 def test_any_history_keeps_the_teardown_rules(
     config: Config, seed: int, script: list[tuple[int, ev.Event]]
@@ -446,13 +449,7 @@ LATE = (
 )
 
 
-@given(
-    config=configs(allow_no_origin=True),
-    seed=st.integers(0, 2**32),
-    script=st.lists(
-        st.tuples(st.integers(0, 2), events(st.floats(0.0, 50.0))), min_size=1, max_size=60
-    ),
-)
+@given(config=configs(allow_no_origin=True), seed=st.integers(0, 2**32), script=histories(3))
 @settings(max_examples=examples(300))
 def test_the_transition_table_is_what_the_lifecycle_does(
     config: Config, seed: int, script: list[tuple[int, ev.Event]]
