@@ -691,7 +691,8 @@ def report(
         oldest = max(finished - (client.last_answer or finished) for client in survivors)
         if bound is not None:
             failures.append(
-                f"{len(survivors)} silent client(s) still open {oldest:.3f} s after their"
+                # The report's own figure, so that the two never differ in rounding.
+                f"{len(survivors)} silent client(s) still open {_round(oldest):.3f} s after their"
                 f" last answer (bound {bound:g} s)"
             )
     else:
