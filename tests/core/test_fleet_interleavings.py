@@ -24,6 +24,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests._hypothesis import examples
 from tests.wire.helpers import parse_server_frames, upgrade_request
 from wslifecycle import Config
 from wslifecycle.fleet.ops import (
@@ -397,5 +398,7 @@ class Fleet(RuleBasedStateMachine):
                 )
 
 
-Fleet.TestCase.settings = settings(max_examples=500, stateful_step_count=50, deadline=None)
+Fleet.TestCase.settings = settings(
+    max_examples=examples(500), stateful_step_count=50, deadline=None
+)
 TestFleetInterleavings = Fleet.TestCase
