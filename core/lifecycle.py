@@ -184,11 +184,16 @@ class ConnectionLifecycle:
         next_state(self.state, Input.UPGRADE_ACCEPTED)  # raises once past OPEN
         scheduler = self._scheduler
         if scheduler.draining:
-            self._reject(now, 503, "server is shutting down", TerminationCause.SERVER_DRAINING)
+            self._reject(
+                Input.UPGRADE_REJECTED,
+                503,
+                "server is shutting down",
+                TerminationCause.SERVER_DRAINING,
+            )
             return False
         refusal = origin_refusal(scheduler.config, origin, host)
         if refusal is not None:
-            self._reject(now, 403, refusal, TerminationCause.ORIGIN_REJECTED)
+            self._reject(Input.UPGRADE_REJECTED, 403, refusal, TerminationCause.ORIGIN_REJECTED)
             return False
         return True
 
@@ -201,7 +206,9 @@ class ConnectionLifecycle:
         if limit is not None:
             counts = scheduler.metrics.connections
             if counts[ACTIVE] + counts[DRAINING] >= limit:
-                self._reject(now, 503, "server is full", TerminationCause.CONNECTION_LIMIT)
+                self._reject(
+                    Input.UPGRADE_REJECTED, 503, "server is full", TerminationCause.CONNECTION_LIMIT
+                )
                 return False
         self._move(Input.UPGRADE_ACCEPTED, None)
         scheduler.metrics.handshakes_accepted += 1
@@ -214,7 +221,7 @@ class ConnectionLifecycle:
         405, 426, 431, a redirect, ...)."""
         if isinstance(status, bool) or not isinstance(status, int) or not 300 <= status <= 599:
             raise ValueError(f"an upgrade refusal needs an HTTP status 300-599, got {status!r}")
-        self._reject(now, status, reason, TerminationCause.HANDSHAKE_REJECTED)
+        self._reject(Input.UPGRADE_REJECTED, status, reason, TerminationCause.HANDSHAKE_REJECTED)
 
     def serve_plain_http(self, now: float, path: str) -> None:
         """The head is a plain HTTP request for ``path`` (``/healthz``,
@@ -236,15 +243,10 @@ class ConnectionLifecycle:
         self.deadline = None
         self._scheduler.retire(self)
 
-    def _reject(
-        self,
-        now: float,
-        status: int,
-        reason: str,
-        cause: TerminationCause,
-        input_: Input = Input.UPGRADE_REJECTED,
-    ) -> None:
-        self._move(input_, cause)  # the table's (OPEN, input_): a drain is its own row
+    def _reject(self, input_: Input, status: int, reason: str, cause: TerminationCause) -> None:
+        # The table's (OPEN, input_): a drain is its own row, every other
+        # refusal is UPGRADE_REJECTED. Nothing here is time-stamped.
+        self._move(input_, cause)
         self._scheduler.metrics.handshakes_rejected[status] += 1
         self._actions.append(RejectUpgrade(status, reason))
         self._actions.append(CloseTransport())
@@ -479,7 +481,7 @@ class ConnectionLifecycle:
         state = self.state
         if state is OPEN:
             self._reject(
-                now, 503, "server is shutting down", TerminationCause.SERVER_DRAINING, Input.DRAIN
+                Input.DRAIN, 503, "server is shutting down", TerminationCause.SERVER_DRAINING
             )
         elif state is ACTIVE:
             self._begin_teardown(
