@@ -106,6 +106,17 @@ def test_too_many_fragments_get_1009_empty_ones_counted(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_first_message_of_exactly_max_fragments_frames_is_delivered(mode: str) -> None:
+    """The fragment cap counts a message's frames from its first: a message of
+    exactly max_fragments frames is delivered, the first one on a connection
+    included, and so is the next one."""
+    cfg = config(max_fragments=4)
+    message = frame(OP_TEXT, b"a", fin=False) + frame(OP_CONT, b"b", fin=False)
+    message += frame(OP_CONT, b"c", fin=False) + frame(OP_CONT, b"d")
+    assert feed(open_wire(cfg), message + message, mode).messages == ["abcd", "abcd"]
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_invalid_utf8_split_across_fragments_gets_1007_at_the_bad_byte(mode: str) -> None:
     """RFC 6455 §8.1: text is checked as it arrives; a bad sequence split over
     fragments fails with 1007 before the message ends."""
