@@ -11,8 +11,10 @@ is printed with its diff (``mutmut show``) so a test can be written for it.
     python -m tests.mutation --changed             # modules changed since HEAD
     python -m tests.mutation heartbeat transitions --floor 90   # what CI runs
 
-mutmut remembers results in the work directory (``build/mutation/`` by
-default): a second run re-tests only functions whose code or tests changed.
+mutmut remembers results in the work directory (``build/mutation/<modules>/``
+by default, one per selection of modules: mutmut keeps state only for the
+modules it was last asked to mutate): a second run of the same selection
+re-tests only the mutants of functions whose code changed.
 The core is staged there as ``wslifecycle/`` (symlinks), the name the tests
 import, because mutmut derives mutant names from file paths.
 """
@@ -20,6 +22,7 @@ import, because mutmut derives mutant names from file paths.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -72,12 +75,33 @@ def changed_modules(ref: str) -> list[str]:
     return [module_name(p) for p in out + untracked if p.endswith(".py") and (ROOT / p).exists()]
 
 
+def default_workdir(modules: list[str]) -> Path:
+    """build/mutation/core for the whole core, else one named by the modules."""
+    if sorted(modules) == sorted(all_modules()):
+        name = "core"
+    else:
+        name = "+".join(sorted(modules))
+        if len(name) > 80:
+            name = "some-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    return ROOT / "build" / "mutation" / name
+
+
 def stage(workdir: Path, modules: list[str], tests: list[str] | None) -> list[str]:
     """The work directory: wslifecycle/ → core/, tests/ → tests/, and a copy of
     pyproject.toml whose [tool.mutmut] mutates only ``modules`` (mutmut would
     otherwise parse the whole core first) and, if given, runs ``tests``.
     Returns the test selection."""
     workdir.mkdir(parents=True, exist_ok=True)
+    # mutmut keeps state only for the modules it was last told to mutate: a
+    # run over fewer modules turns the others' mutated copies back into plain
+    # ones and drops their test map (their mutants then read "no tests"). So a
+    # work directory serves one selection of modules.
+    marker = workdir / "modules.json"
+    chosen = json.dumps(sorted(modules))
+    if marker.exists() and marker.read_text(encoding="utf-8") != chosen:
+        held = ", ".join(json.loads(marker.read_text(encoding="utf-8")))
+        raise SystemExit(f"{workdir} holds a run of other modules ({held}): use another --workdir")
+    marker.write_text(chosen, encoding="utf-8")
     for link, target in (("wslifecycle", "core"), ("tests", "tests")):
         path = workdir / link
         if not path.is_symlink():
@@ -145,7 +169,11 @@ def main() -> int:
         help="only the core modules changed since REF (default HEAD)",
     )
     parser.add_argument("--floor", type=float, help="fail if a module scores below this %%")
-    parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "mutation")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="where mutmut keeps its state (default: build/mutation/<modules>, one per selection)",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-show", action="store_true", help="do not print survivors' diffs")
     parser.add_argument(
@@ -192,7 +220,7 @@ def main() -> int:
     else:
         modules = [module_name(m) for m in args.modules] or all_modules()
     started = time.monotonic()
-    workdir = args.workdir.resolve()
+    workdir = (args.workdir or default_workdir(modules)).resolve()
     selection = stage(workdir, modules, args.tests)
     if not args.tables_only:
         if args.rerun:
