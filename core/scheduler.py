@@ -158,7 +158,8 @@ class Scheduler:
     def tick(self, now: float, limit: int | None = None) -> list[ConnectionLifecycle]:
         """Run every connection whose deadline is at or before ``now``, or
         the first ``limit`` of them (then :meth:`next_wakeup` is still ≤ now
-        and the driver calls again after letting its loop breathe).
+        and the driver calls again after letting its loop breathe; due ones
+        whose grid cell lies after ``now`` run at its wake-up).
 
         Returns those connections (they may have actions to take). If the
         tick came later than the stall threshold after the wake-up time of
@@ -166,7 +167,9 @@ class Scheduler:
         is queued and this tick blames no peer (docs/theory.md).
         """
         first = self.next_wakeup()
-        if first is None or (first > now and first - self._slack >= now):
+        # A cell's deadlines lie above its wake-up minus one slack, or (float
+        # rounding) exactly on it: a tick at such a deadline runs it.
+        if first is None or (first > now and first - self._slack > now):
             return []  # not even the first cell can hold a deadline ≤ now
         lag = max(0.0, now - first)
         stalled = lag > self._stall_threshold
@@ -192,9 +195,10 @@ class Scheduler:
                     cell.alive -= 1
                     lifecycle.handle_timer(now, stalled)
                     ran.append(lifecycle)
-        if budget and times and times[0] - self._slack < now:
-            # Ticked off the grid (tests do): the next cell may hold some
-            # deadlines at or before now; run those, keep the rest.
+        if budget and times and times[0] - self._slack <= now:
+            # Ticked off the grid (tests do, and late timers): the next cell may
+            # hold some deadlines at or before now; run those, within the
+            # limit, and keep the rest.
             wakeup = times[0]
             cell = cells[wakeup]
             for lifecycle in list(cell.members):
@@ -204,6 +208,9 @@ class Scheduler:
                     cell.alive -= 1
                     lifecycle.handle_timer(now, stalled)
                     ran.append(lifecycle)
+                    budget -= 1
+                    if not budget:
+                        break
         if not ran:
             return ran
         metrics = self.metrics

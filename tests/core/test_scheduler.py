@@ -53,6 +53,29 @@ def test_open_registers_a_connection_with_its_handshake_deadline(scheduler: Sche
     assert scheduler.metrics.connections[State.OPEN] == 1
 
 
+def test_changes_counts_each_deadline_change_once(scheduler: Scheduler) -> None:
+    """``changes`` starts at 0 and grows by one whenever a connection's deadline
+    is set (opened, upgraded, probed, closing), so a driver comparing it with
+    the count its timer was armed at re-arms after every change; a pong or a
+    message sets no deadline and leaves it as it was."""
+    assert scheduler.changes == 0
+    lc = scheduler.open(0.0)
+    assert scheduler.changes == 1  # the handshake deadline
+    assert lc.request_upgrade(0.0, origin=None, host="localhost")
+    assert scheduler.changes == 2  # the first heartbeat slot
+    slot = lc.deadline
+    assert slot is not None
+    lc.receive_message(1.0, "hello")
+    lc.receive_pong(1.0, b"")
+    assert scheduler.changes == 2
+    assert scheduler.tick(slot) == [lc]  # probed: the next slot
+    assert scheduler.changes == 3
+    lc.close(slot)
+    assert scheduler.changes == 4  # the close deadline
+    scheduler.open(slot)
+    assert scheduler.changes == 5
+
+
 def test_ids_come_from_the_entropy(make_scheduler: MakeScheduler) -> None:
     """Connection ids are drawn from the injected entropy, in order."""
     entropy = seeded_entropy(1)
@@ -150,6 +173,27 @@ def test_every_connection_of_a_stalled_tick_is_spared(scheduler: Scheduler) -> N
     assert len(scheduler.take_alerts()) == 1
 
 
+def test_every_stalled_tick_counts_one_loop_stall(scheduler: Scheduler) -> None:
+    """metrics.loop_stalls counts the stalled ticks, one each, as their alerts do."""
+    for start in (0.0, 20.0):
+        scheduler.open(start)
+        scheduler.tick(start + 13.0)  # 3 s late
+    assert scheduler.metrics.loop_stalls == 2
+    assert len(scheduler.take_alerts()) == 2
+
+
+def test_a_stalled_tick_spares_what_it_runs_off_the_grid_too(make_scheduler: MakeScheduler) -> None:
+    """A late tick also spares a connection due before now whose grid cell
+    lies after now (run off the grid): it was held up by the same stall."""
+    scheduler = make_scheduler(timer_slack=2.0)  # stall threshold 2.5
+    first = scheduler.open(0.0)  # deadline 10: cell 10
+    second = scheduler.open(3.5)  # deadline 13.5: cell 14
+    assert scheduler.tick(13.6) == [first, second]  # 3.6 s after cell 10
+    assert [first.state, second.state] == [State.OPEN, State.OPEN]
+    assert first.deadline == second.deadline == 13.6 + 2.5
+    assert len(scheduler.take_alerts()) == 1
+
+
 def test_begin_drain(scheduler: Scheduler) -> None:
     """begin_drain refuses pending upgrades (503), closes active ones (1001), sets the deadline."""
     before = (scheduler.draining, scheduler.drain_deadline, scheduler.drained)
@@ -192,6 +236,19 @@ def test_new_connections_during_a_drain_are_refused(scheduler: Scheduler) -> Non
     assert lc.request_upgrade(1.0, origin=None, host="localhost") is False
     drained.append(scheduler.drained)
     assert drained == [True, False, True]
+
+
+def test_a_drain_caps_the_handshake_deadline(make_scheduler: MakeScheduler) -> None:
+    """A connection opened while draining must finish its handshake by the
+    drain deadline; one whose handshake timeout ends sooner keeps it."""
+    scheduler = make_scheduler(handshake_timeout=4.0, drain_timeout=10.0)
+    scheduler.begin_drain(0.0)
+    quick = scheduler.open(1.0)
+    late = scheduler.open(7.0)
+    assert (quick.deadline, late.deadline) == (5.0, 10.0)
+    assert scheduler.tick(5.0) == [quick]
+    assert scheduler.tick(10.0) == [late]
+    assert late.cause is TerminationCause.HANDSHAKE_TIMEOUT
 
 
 def test_drain_deadline_terminates_stragglers(scheduler: Scheduler) -> None:
@@ -281,6 +338,33 @@ def test_compaction_counts_a_connection_re_armed_within_its_cell_once(
     lc.close(4.0)  # close deadline 14: cell 14
     assert scheduler.next_wakeup() == 14.0
     assert scheduler.next_deadline() == 14.0
+
+
+def test_a_limited_tick_keeps_the_rest_of_a_cell_due(make_scheduler: MakeScheduler) -> None:
+    """tick(now, 1) runs one connection of a cell of two; the other stays due
+    and runs on the next call, and then nothing is left."""
+    scheduler = make_scheduler(timer_slack=2.0)
+    a, b = scheduler.open(0.1), scheduler.open(0.2)  # deadlines 10.1 and 10.2: cell 12
+    assert scheduler.tick(12.0, limit=1) == [a]
+    assert scheduler.next_wakeup() == 12.0
+    assert scheduler.next_deadline() == b.deadline
+    assert scheduler.tick(12.0, limit=1) == [b]
+    assert scheduler.next_wakeup() is None
+
+
+def test_a_limited_tick_drops_a_cell_left_with_stale_entries_only(
+    make_scheduler: MakeScheduler,
+) -> None:
+    """When a limited tick leaves only stale entries in the cell it split
+    (connections gone since), no deadline is left there: the next wake-up and
+    deadline are the next live connection's."""
+    scheduler = make_scheduler(timer_slack=2.0)
+    due, gone = scheduler.open(0.1), scheduler.open(0.2)  # both in cell 12
+    gone.transport_lost(0.3)
+    later = scheduler.open(5.0)  # deadline 15: cell 16
+    assert scheduler.tick(12.0, limit=1) == [due]
+    assert scheduler.next_wakeup() == 16.0
+    assert scheduler.next_deadline() == later.deadline == 15.0
 
 
 #: A driver's and its peers' doings: (what, how many or which, or tenths of a second).
@@ -373,6 +457,27 @@ def test_first_heartbeat_slot_on_the_phase_itself_is_one_interval_away(
     lc = scheduler.open(0.0)
     lc.request_upgrade(phase, origin=None, host="localhost")
     assert lc.deadline == phase + 10.0
+
+
+@given(
+    interval=st.floats(0.1, 100.0),
+    epoch=st.floats(0.0, 1e6),
+    k=st.integers(2, 200),
+)
+@settings(max_examples=examples(100))
+def test_a_connection_accepted_at_its_phase_waits_a_full_interval(
+    interval: float, epoch: float, k: int
+) -> None:
+    """The k-th accepted connection, accepted exactly at its phase
+    epoch + frac(k·φ)·interval, gets its first probe one full interval later."""
+    scheduler = Scheduler(
+        Config(heartbeat_interval=interval, allow_no_origin=True), seeded_entropy(1)
+    )
+    for _ in range(k - 1):
+        accept(scheduler, epoch)  # the first one sets the epoch
+    phase = epoch + (k * GOLDEN) % 1.0 * interval
+    lc = accept(scheduler, phase)
+    assert lc.deadline == phase + interval
 
 
 def test_phases_count_from_the_first_connection_not_the_clock_zero(
