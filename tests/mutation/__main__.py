@@ -6,7 +6,7 @@ prints the score of each module: killed mutants over all mutants. A surviving
 mutant listed in docs/mutation.md as equivalent is shown as such; any other
 is printed with its diff (``mutmut show``) so a test can be written for it.
 
-    python -m tests.mutation                       # the whole core (~1 h here)
+    python -m tests.mutation                       # the whole core (2-3 h here)
     python -m tests.mutation heartbeat wire/frames # some modules
     python -m tests.mutation --changed             # modules changed since HEAD
     python -m tests.mutation heartbeat transitions --floor 90   # what CI runs
