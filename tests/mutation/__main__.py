@@ -255,7 +255,6 @@ def main() -> int:
     ]
     current = judged.changes(workdir, lost_listed) if lost_listed else {}
     known = {k for k in lost_listed if current[k] == listed[k]}
-    moved = {k: current[k] for k in lost_listed if k not in known}
     rows, survivors, failing = [], [], []
     total: Counter[str] = Counter()
     for m in modules:
@@ -302,8 +301,8 @@ def main() -> int:
         )
         for key in survivors:
             print(f"  {key}")
-            if key in moved:
-                print(f"    listed as {judged.cell(listed[key])}, but it now makes {moved[key]}")
+            if key in current:  # listed, but its change moved on
+                print(f"    listed as {judged.cell(listed[key])}, but it now makes {current[key]}")
             if not args.no_show and "__mutmut_" in key:
                 diff = subprocess.run(
                     [sys.executable, "-m", "mutmut", "show", key],
