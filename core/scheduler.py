@@ -159,7 +159,9 @@ class Scheduler:
         """Run every connection whose deadline is at or before ``now``, or
         the first ``limit`` of them (then :meth:`next_wakeup` is still ≤ now
         and the driver calls again after letting its loop breathe; due ones
-        whose grid cell lies after ``now`` run at its wake-up).
+        whose grid cell lies after ``now`` run at its wake-up). ``limit``
+        counts connections run: entries left behind by connections that
+        moved on or closed are dropped on the way and cost nothing.
 
         Returns those connections (they may have actions to take). If the
         tick came later than the stall threshold after the wake-up time of
@@ -180,21 +182,23 @@ class Scheduler:
             wakeup = times[0]
             cell = cells[wakeup]
             members = cell.members
-            if 0 < budget < len(members):  # run part of this cell, keep the rest
-                cell.members = members[budget:]
-                self._entries -= budget
-                members = members[:budget]
-            else:
-                heapq.heappop(times)
-                del cells[wakeup]
-                self._entries -= len(members)
-            for lifecycle in members:
-                budget -= 1
+            taken = len(members)  # entries this pass takes off the cell
+            for index, lifecycle in enumerate(members):
                 if live.get(lifecycle) == wakeup:  # else stale: it moved on or closed
                     live[lifecycle] = None
                     cell.alive -= 1
                     lifecycle.handle_timer(now, stalled)
                     ran.append(lifecycle)
+                    budget -= 1
+                    if not budget:  # the limit counts connections run, not entries
+                        taken = index + 1
+                        break
+            self._entries -= taken
+            if taken < len(members):  # keep the rest of this cell for the next call
+                cell.members = members[taken:]
+            else:
+                heapq.heappop(times)
+                del cells[wakeup]
         if budget and times and times[0] - self._slack <= now:
             # Ticked off the grid (tests do, and late timers): the next cell may
             # hold some deadlines at or before now; run those, within the

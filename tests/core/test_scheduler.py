@@ -367,6 +367,20 @@ def test_a_limited_tick_drops_a_cell_left_with_stale_entries_only(
     assert scheduler.next_deadline() == later.deadline == 15.0
 
 
+def test_a_tick_limit_counts_connections_run_not_stale_entries(
+    make_scheduler: MakeScheduler,
+) -> None:
+    """``limit`` is how many connections a tick runs: an entry left in a cell
+    by a connection that has since closed is dropped on the way and spends
+    none of it, on the grid as off it."""
+    for now in (12.0, 11.0):  # at the cell's wake-up, and off the grid before it
+        scheduler = make_scheduler(timer_slack=2.0)
+        gone, a, b = scheduler.open(0.1), scheduler.open(0.2), scheduler.open(0.3)  # cell 12
+        gone.transport_lost(0.4)
+        assert scheduler.tick(now, limit=2) == [a, b]
+        assert scheduler.next_wakeup() is None
+
+
 #: A driver's and its peers' doings: (what, how many or which, or tenths of a second).
 CHURN = st.lists(
     st.tuples(
