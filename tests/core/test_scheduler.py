@@ -341,14 +341,16 @@ def test_compaction_counts_a_connection_re_armed_within_its_cell_once(
 
 
 def test_a_limited_tick_keeps_the_rest_of_a_cell_due(make_scheduler: MakeScheduler) -> None:
-    """tick(now, 1) runs one connection of a cell of two; the other stays due
-    and runs on the next call, and then nothing is left."""
+    """tick(now, 1) runs one connection of a cell of three; the others stay
+    due and run one per call, in order, and then nothing is left."""
     scheduler = make_scheduler(timer_slack=2.0)
-    a, b = scheduler.open(0.1), scheduler.open(0.2)  # deadlines 10.1 and 10.2: cell 12
+    a, b, c = (scheduler.open(t) for t in (0.1, 0.2, 0.3))  # deadlines 10.1-10.3: cell 12
     assert scheduler.tick(12.0, limit=1) == [a]
     assert scheduler.next_wakeup() == 12.0
     assert scheduler.next_deadline() == b.deadline
     assert scheduler.tick(12.0, limit=1) == [b]
+    assert scheduler.next_deadline() == c.deadline
+    assert scheduler.tick(12.0, limit=1) == [c]
     assert scheduler.next_wakeup() is None
 
 
