@@ -486,3 +486,80 @@ def test_the_transition_table_is_what_the_lifecycle_does(
         input_ = IN_PLACE.get(type(event))
         if input_ is not None and lifecycle.state is before:
             assert TRANSITIONS.get((before, input_)) is before, (before, input_)
+
+
+#: One event of each kind a connection may get after its upgrade, and the
+#: input of the table it is (the timer's depends on the state: see below).
+AFTER_UPGRADE: tuple[tuple[ev.Event, Input], ...] = (
+    (ev.PongReceived(2.0, b"late"), Input.PONG),
+    (ev.MessageReceived(2.0, "hi"), Input.MESSAGE),
+    (ev.ActivitySeen(2.0), Input.ACTIVITY),
+    (ev.ClientSeqReported(2.0, 0), Input.CLIENT_SEQ),
+    (ev.SendRequested(2.0, "x", False, 0), Input.SEND),
+    (ev.Subscribe(2.0, "other"), Input.SUBSCRIBE),
+    (ev.Unsubscribe(2.0, "room"), Input.UNSUBSCRIBE),
+    (ev.CloseRequested(2.0, 1000, "bye"), Input.CLOSE),
+    (ev.PeerClosed(2.0, 1000, "bye"), Input.PEER_CLOSE),
+    (ev.PeerMisbehaved(2.0, TerminationCause.PROTOCOL_ERROR, 1002, "bad"), Input.PROTOCOL_ERROR),
+    (ev.HandlerFailed(2.0, "boom"), Input.HANDLER_ERROR),
+    (ev.HandlerReturned(2.0), Input.HANDLER_RETURNED),
+    (ev.ReadingPaused(2.0), Input.READING_PAUSED),
+    (ev.ReadingResumed(2.0), Input.READING_RESUMED),
+    (ev.ChannelsReleased(2.0, 0), Input.CHANNELS_RELEASED),
+    (ev.ChannelReleaseFailed(2.0, "down"), Input.RELEASE_FAILED),
+    (ev.DrainRequested(2.0), Input.DRAIN),
+    (ev.TerminateRequested(2.0, TerminationCause.SERVER_STOPPED), Input.TERMINATE),
+    (ev.TransportLost(2.0, None), Input.TRANSPORT_LOST),
+)
+
+
+def _in_state(how: str) -> ConnectionLifecycle:
+    """A connection subscribed to "room", brought to a state at time 1."""
+    scheduler = Scheduler(Config(allow_no_origin=True), seeded_entropy(1))
+    lifecycle = scheduler.open(0.0)
+    assert lifecycle.request_upgrade(0.0, origin=None, host="localhost")
+    lifecycle.subscribe("room")
+    if how == "draining, releasing":
+        lifecycle.close(1.0, 1000, "bye")
+    elif how == "draining, close sent":
+        lifecycle.close(1.0, 1000, "bye")
+        lifecycle.channels_released(1.0, buffered=0)
+    elif how == "closed":
+        lifecycle.transport_lost(1.0)
+    lifecycle.take_actions()
+    return lifecycle
+
+
+@pytest.mark.parametrize("how", ["active", "draining, releasing", "draining, close sent", "closed"])
+def test_every_input_after_the_upgrade_agrees_with_the_table(how: str) -> None:
+    """In every state after the upgrade, each input is accepted exactly where
+    the table has its pair, and leaves the state where the table says (an input
+    that moves the connection moves it at least as far as its row: the close
+    completing may follow it); the timer too (ACTIVE: a heartbeat; DRAINING:
+    the close timeout)."""
+    timer_input = {State.ACTIVE: Input.HEARTBEAT, State.DRAINING: Input.CLOSE_TIMEOUT}
+    cases = list(AFTER_UPGRADE)
+    state = _in_state(how).state
+    if state in timer_input:
+        cases.append((ev.TimerFired(math.nan, False), timer_input[state]))
+    for event, input_ in cases:
+        lifecycle = _in_state(how)
+        before = lifecycle.state
+        if isinstance(event, ev.TimerFired):
+            assert lifecycle.deadline is not None
+            event = ev.TimerFired(lifecycle.deadline, False)
+        try:
+            lifecycle.handle(event)
+        except InvalidTransition as refused:
+            assert (refused.state, refused.input) == (before, input_)
+            assert (before, input_) not in TRANSITIONS
+            continue
+        except misuse:
+            assert (before, input_) not in TRANSITIONS, (before, input_)
+            continue
+        assert (before, input_) in TRANSITIONS, (before, input_)
+        row = TRANSITIONS[before, input_]
+        if lifecycle.state is before:
+            assert row is before, (before, input_)
+        else:
+            assert row.rank <= lifecycle.state.rank, (before, input_)

@@ -69,6 +69,28 @@ class RecordingDict(dict[Any, Any]):
             self.reads.add(key)
         return super().__contains__(key)
 
+    # A test that walks the table (a rule over every entry, or parameters
+    # made from it) reads every key.
+    def _read_all(self) -> None:
+        if self.reads is not None:
+            self.reads.update(super().keys())
+
+    def __iter__(self) -> Iterator[Any]:
+        self._read_all()
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self._read_all()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._read_all()
+        return super().values()
+
+    def items(self) -> Any:
+        self._read_all()
+        return super().items()
+
 
 @dataclass(frozen=True)
 class Mutant:
@@ -116,28 +138,52 @@ def module_of(name: str) -> str:
 
 
 class _Recorder:
-    """The clean run's plugin: per test function, the keys read and the time."""
+    """The clean run's plugin: per test function, the keys read and the time.
+
+    Keys read while a test module is imported (parameters made from a table)
+    count as read by every test of that module: a mutant changes them."""
 
     def __init__(self, tables: dict[tuple[str, str], RecordingDict]) -> None:
         self.tables = tables
         self.reads: dict[str, dict[str, list[str]]] = {}
         self.duration: dict[str, float] = {}
+        self.at_import: dict[str, dict[tuple[str, str], set[Any]]] = {}
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+    def _watch(self) -> dict[tuple[str, str], set[Any]]:
         seen: dict[tuple[str, str], set[Any]] = {where: set() for where in self.tables}
         for where, table in self.tables.items():
             table.reads = seen[where]
+        return seen
+
+    def _unwatch(self) -> None:
+        for table in self.tables.values():
+            table.reads = None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(self, collector: pytest.Collector) -> Iterator[Any]:
+        if not isinstance(collector, pytest.Module):
+            return (yield)
+        seen = self._watch()
+        try:
+            return (yield)
+        finally:
+            self._unwatch()
+            self.at_import[collector.nodeid] = seen
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+        seen = self._watch()
         t0 = time.perf_counter()
         try:
             return (yield)
         finally:
-            for table in self.tables.values():
-                table.reads = None
+            self._unwatch()
             function = _function_id(item.nodeid)
             self.duration[function] = self.duration.get(function, 0.0) + time.perf_counter() - t0
             mine = self.reads.setdefault(function, {})
+            imported = self.at_import.get(item.nodeid.split("::", 1)[0], {})
             for (module, name), keys in seen.items():
+                keys = keys | imported.get((module, name), set())
                 mine.setdefault(f"{module}.{name}", []).extend(repr(k) for k in keys)
 
 
