@@ -59,6 +59,7 @@ from .transitions import State
 __all__ = ["Scheduler"]
 
 _GOLDEN = 0.6180339887498949  # (√5 − 1) / 2
+_ceil = math.ceil
 
 
 class Scheduler:
@@ -147,13 +148,6 @@ class Scheduler:
             heapq.heappop(times)  # every entry moved on or closed
             self._entries -= len(cells.pop(wakeup).members)
         return None
-
-    def _wakeup(self, deadline: float) -> float:
-        slack = self._slack
-        if not slack:
-            return deadline
-        wakeup = math.ceil(deadline / slack) * slack
-        return wakeup if wakeup >= deadline else wakeup + slack  # float rounding
 
     def tick(self, now: float, limit: int | None = None) -> list[ConnectionLifecycle]:
         """Run every connection whose deadline is at or before ``now``, or
@@ -308,21 +302,28 @@ class Scheduler:
 
     def arm(self, lifecycle: ConnectionLifecycle, deadline: float) -> None:
         """``lifecycle``'s deadline is now ``deadline``: file it in its cell."""
+        # On the hot path (every ping re-arms): one call, locals, no helper.
         self.changes += 1
-        cells = self._cells
-        old = self._live.get(lifecycle)
+        cells, live = self._cells, self._live
+        old = live.get(lifecycle)
         if old is not None:
             cells[old].alive -= 1
-        wakeup = self._wakeup(deadline)
+        slack = self._slack
+        if slack:  # round up to the grid
+            wakeup = _ceil(deadline / slack) * slack
+            if wakeup < deadline:  # float rounding
+                wakeup += slack
+        else:
+            wakeup = deadline
         cell = cells.get(wakeup)
         if cell is None:
             cells[wakeup] = cell = _Cell()
             heapq.heappush(self._times, wakeup)
         cell.members.append(lifecycle)
         cell.alive += 1
-        self._live[lifecycle] = wakeup
-        self._entries += 1
-        if self._entries > 2 * len(self._live) + 64:
+        live[lifecycle] = wakeup
+        entries = self._entries = self._entries + 1
+        if entries > 2 * len(live) + 64:
             self._compact()
 
     def retire(self, lifecycle: ConnectionLifecycle) -> None:
