@@ -31,6 +31,7 @@ import asyncio
 import os
 import socket
 import ssl as _ssl
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Unpack, cast
 
@@ -168,10 +169,10 @@ class _Protocol(asyncio.BufferedProtocol):
         wire = self.wire
         server = self.server
         if tls is None:
-            if not wire.receive_data(data, server.now()):
+            if not wire.receive_data(data, server._clock()):
                 return  # a lone pong: nothing to write or act on
         else:
-            records = feed_wire(tls, wire, data, server.now())
+            records = feed_wire(tls, wire, data, server._clock())
             if records and self.transport is not None:
                 self.transport.write(records)
         answer = server._answer
@@ -268,6 +269,7 @@ class Server(ServerBase):
         ssl: _ssl.SSLContext | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._clock = _clock_of(self._loop)
         self._handler = handler
         #: A built-in handler (``serve``'s relay or echo) runs inline, taskless.
         self._answer = BUILT_IN.get(handler)
@@ -288,7 +290,7 @@ class Server(ServerBase):
     # ----------------------------------------------------------------- control
 
     def now(self) -> float:
-        return self._loop.time()
+        return self._clock()
 
     async def start(
         self,
@@ -507,6 +509,15 @@ class Server(ServerBase):
     def _check_drained(self) -> None:
         if self.hub.drained and not self._protocols:
             self._drained.set()
+
+
+def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """The loop's clock, read on every pong: the standard loop's ``time()``
+    is ``time.monotonic()`` behind a Python call, so that function itself;
+    any other loop (uvloop) keeps its own."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 def _nothing() -> None:
