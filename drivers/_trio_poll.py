@@ -59,13 +59,13 @@ class Poller:
 
     __slots__ = (
         "_by_fd",
-        "_closed",
         "_ending",
         "_epoll",
         "_running",
         "_server",
         "_wake_fd",
         "_woken",
+        "stopped",
     )
 
     def __init__(self, server: Server) -> None:
@@ -79,7 +79,8 @@ class Poller:
         self._ending: list[_Transport] = []
         self._running = False  # reading a batch: ends are finished after it, no wake-up
         self._woken = False  # the eventfd was written and not yet read
-        self._closed = False
+        #: The server stopped and every connection was ended: no more.
+        self.stopped = False
 
     # ------------------------------------------------------------ membership
 
@@ -110,7 +111,7 @@ class Poller:
     def writer_ended(self, transport: _Transport) -> None:
         """The socket is closed, or its backlog's writer has ended: finish
         the connection once both hold."""
-        if self._closed:
+        if self.stopped:
             return  # the server stopped: everything was finished already
         self._ending.append(transport)
         if not self._running and not self._woken:
@@ -222,7 +223,7 @@ class Poller:
             for transport in left:
                 self._finish(transport)
         finally:
-            self._closed = True
+            self.stopped = True
             self._ending.clear()
             self._epoll.close()
             os.close(self._wake_fd)

@@ -16,17 +16,24 @@ Tasks, and why there are no others:
   connection, a close) the scope's ``deadline`` is moved earlier, never
   cancelled and re-created, and never touched per message.
 * ONE accept task per listener. On a plain socket listener it takes every
-  waiting connection per wake-up (up to ``ACCEPT_BATCH``) and only starts
-  each one's task: handshakes run there, side by side, never in the accept
+  waiting connection per wake-up (up to ``ACCEPT_BATCH``) and only hands
+  each one to the poller: handshakes are read there, never in the accept
   loop. Other listeners (``trio.SSLListener``, memory listeners in tests)
   are accepted from one stream at a time.
-* Per connection: ONE task, its reader (wait until readable → read →
-  ``wire.receive_data(data, now)`` → flush), and the handler once the
-  upgrade is accepted. Both live in the server-wide nursery, as does an
-  async handshake hook; no connection has a nursery of its own, and none a
-  timer or a liveness task. The built-in handlers (``relay_handler``,
-  ``echo_handler``: ``wslifecycle serve``) need no task: the reader answers
-  the messages it has just queued, as their ``async for`` would.
+* ONE poller task for every plain socket the server accepted itself
+  (``_trio_poll.Poller``): an epoll of its own in which each socket is
+  registered once; it waits until that epoll is readable, then reads every
+  ready socket inline (read → ``wire.receive_data(data, now)`` → flush), in
+  bounded batches. Such a connection has no reader task: a task waking per
+  pong cost Trio most of a core at 20,000 connections. Where epoll is
+  missing, and for TLS and any other stream (:func:`serve_stream`), each
+  connection has ONE reader task of its own instead, with the same steps.
+* Per connection: the handler's task once the upgrade is accepted, in the
+  server-wide nursery, as is an async handshake hook; no connection has a
+  nursery of its own, and none a timer or a liveness task. The built-in
+  handlers (``relay_handler``, ``echo_handler``: ``wslifecycle serve``)
+  need no task: the reader answers the messages it has just queued, as
+  their ``async for`` would.
 * No writer task while the kernel takes what is written. On a plain socket
   (the standard library socket under a ``trio.SocketStream``, see
   :func:`_stdlib_socket`) ``send`` writes straight to the non-blocking
@@ -42,15 +49,17 @@ Tasks, and why there are no others:
 (``memory_stream_pair`` in tests). ``send`` never blocks. The wire's
 ``write_buffer_size`` is what the kernel has not taken yet (the backlog; on
 the stream path, plus what is inside ``send_all``): the core terminates slow
-consumers by it. While the wire says ``reading_paused`` the reader waits.
+consumers by it. While the wire says ``reading_paused`` the reader waits (a
+polled socket leaves the poller's epoll until reading resumes).
 ``Terminate`` = RST (SO_LINGER 0 on the socket, or the one under a
-``trio.SSLStream``; the socket is closed at once, which wakes its reader, or
-the stream's reader and writer are cancelled); a graceful close waits for
+``trio.SSLStream``; the socket is closed at once, which wakes its reader or
+leaves the poller's epoll first, or the stream's reader and writer are
+cancelled); a graceful close waits for
 the backlog, bounded by the hub (``Hub.closing``). Cancellation always
-reaches CLOSED: a connection whose task is cancelled is terminated in the
-core (cause ``server_stopped``) and its socket closed in a ``finally``;
-once the server is drained, :func:`serve` cancels whatever handler is left
-and returns.
+reaches CLOSED: a connection whose task (or poller) is cancelled is
+terminated in the core (cause ``server_stopped``) and its socket closed in
+a ``finally``; once the server is drained, :func:`serve` cancels whatever
+handler is left and returns.
 
 Listeners: ``host:port`` or ``unix_path``, and ``host:metrics_port`` for
 ``/healthz`` and ``/metrics`` only. With ``ssl`` the WebSocket listeners are
@@ -670,7 +679,8 @@ class Server(ServerBase):
     async def _accept_sockets(self, listening: socket.socket, plain_only: bool) -> None:
         """A plain socket listener: take every waiting connection per wake-up
         and hand it to the poller (or, without one, start its one task); its
-        handshake is read there, not here."""
+        handshake is read there, not here. Accepted after the poller stopped
+        (the server is stopping too): a task of its own ends it."""
         nursery = self._nursery
         serve = self._serve_socket
         poller = self._poller
@@ -689,7 +699,7 @@ class Server(ServerBase):
                     log.error("accept failed (%s); retrying in 0.1 s", error)
                     await trio.sleep(0.1)
                     break
-                if poller is not None:
+                if poller is not None and not poller.stopped:
                     self._poll_socket(poller, sock, address, plain_only)
                 else:
                     nursery.start_soon(serve, sock, address, plain_only, name=_CONNECTION)
