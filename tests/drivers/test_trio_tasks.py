@@ -263,8 +263,7 @@ def test_a_paused_reader_is_resumed_and_read_through_the_poller_again() -> None:
         while len(answers) < sent:
             answers += [event.data for event in await client.events()]  # type: ignore[attr-defined]
         assert answers == [f"message {n}" for n in range(sent)]
-        assert not conn.wire.reading_paused
-        assert fd in registered_fds(server)
+        assert fd in registered_fds(server)  # reading resumed
         await client.send("after")
         assert [event.data for event in await client.events()] == ["after"]  # type: ignore[attr-defined]
         await client.stream.aclose()
