@@ -312,3 +312,46 @@ def test_connections_ending_every_way_at_once_leave_no_descriptor_in_the_poller(
             await client.stream.aclose()
 
     run(test, driver.echo_handler)
+
+
+async def read_until_closed(stream: trio.SocketStream) -> None:
+    while await stream.receive_some():
+        pass
+
+
+def test_cancelling_the_server_ends_every_polled_connection_and_the_poller() -> None:
+    """The server's nursery cancelled while the poller holds two subscribed
+    relay clients and one mid-handshake: each connection reaches CLOSED as
+    ``server_stopped``, its channels released and its socket closed; the
+    poller's epoll and eventfd are closed too, so every descriptor the
+    server opened is gone."""
+
+    async def main() -> None:
+        fds = open_fds()
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                server: driver.Server = await nursery.start(
+                    partial(driver.serve, driver.relay_handler, "127.0.0.1", 0, config=config())
+                )
+                clients = [await Client.open(server.port) for _ in range(2)]
+                for client in clients:
+                    await client.send('{"type":"subscribe","channel":"room"}')
+                    assert "subscribed" in str(await client.events())
+                half_open = await trio.open_tcp_stream("127.0.0.1", server.port)
+                await half_open.send_all(b"GET /chat HTTP/1.1\r\n")
+                while len(server.hub.scheduler) < 3:
+                    await trio.sleep(0.01)
+                assert server.hub.members("room")
+                scope.cancel()
+        assert server.connections == []
+        assert len(server.hub.scheduler) == 0
+        assert server.hub.channel_sizes() == {}
+        snapshot = server.hub.scheduler.metrics.snapshot()
+        assert snapshot.closed_by_cause == {TerminationCause.SERVER_STOPPED: 3}
+        for stream in (*(client.stream for client in clients), half_open):
+            with pytest.raises(trio.BrokenResourceError):  # the RST of a termination
+                await read_until_closed(stream)
+            await stream.aclose()
+        assert open_fds() == fds
+
+    trio.run(main)
