@@ -54,8 +54,8 @@ polled socket leaves the poller's epoll until reading resumes).
 ``Terminate`` = RST (SO_LINGER 0 on the socket, or the one under a
 ``trio.SSLStream``; the socket is closed at once, which wakes its reader or
 leaves the poller's epoll first, or the stream's reader and writer are
-cancelled); a graceful close waits for
-the backlog, bounded by the hub (``Hub.closing``). Cancellation always
+cancelled); a graceful close waits for the backlog, bounded by the hub
+(``Hub.closing``). Cancellation always
 reaches CLOSED: a connection whose task (or poller) is cancelled is
 terminated in the core (cause ``server_stopped``) and its socket closed in
 a ``finally``; once the server is drained, :func:`serve` cancels whatever
