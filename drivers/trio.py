@@ -722,29 +722,33 @@ class Server(ServerBase):
 
     # ------------------------------------------------------------ connections
 
-    async def _serve_socket(self, sock: socket.socket, address: object, plain_only: bool) -> None:
-        """The one task of a connection from the server's own accept loop."""
+    def _accepted(
+        self, sock: socket.socket, address: object, plain_only: bool
+    ) -> _Transport | None:
+        """A socket from the server's own accept loop, made non-blocking and
+        tuned, with its wire; None if its descriptor has gone bad already."""
         try:
             sock.setblocking(False)
             _tune(sock)
-        except OSError:  # a descriptor gone bad already: nothing to serve
+        except OSError:  # nothing to serve
             sock.close()
-            return
-        transport = self._open(sock, None, peer_address(address), plain_only)
-        await self._run_socket(transport, sock)
+            return None
+        return self._open(sock, None, peer_address(address), plain_only)
+
+    async def _serve_socket(self, sock: socket.socket, address: object, plain_only: bool) -> None:
+        """The one task of a connection from the server's own accept loop."""
+        transport = self._accepted(sock, address, plain_only)
+        if transport is not None:
+            await self._run_socket(transport, sock)
 
     def _poll_socket(
         self, poller: Poller, sock: socket.socket, address: object, plain_only: bool
     ) -> None:
         """A connection from the server's own accept loop, read by the poller:
         no task of its own."""
-        try:
-            sock.setblocking(False)
-            _tune(sock)
-        except OSError:  # a descriptor gone bad already: nothing to serve
-            sock.close()
-            return
-        poller.add(self._open(sock, None, peer_address(address), plain_only))
+        transport = self._accepted(sock, address, plain_only)
+        if transport is not None:
+            poller.add(transport)
 
     async def _run_socket(self, transport: _Transport, sock: socket.socket) -> None:
         """Read until the connection ends (then let a backlog finish);
