@@ -170,21 +170,26 @@ class Scheduler:
         lag = max(0.0, now - first)
         stalled = lag > self._stall_threshold
         ran: list[ConnectionLifecycle] = []
-        times, cells, live = self._times, self._cells, self._live
+        live = self._live
         budget = limit if limit is not None else -1
-        while times and times[0] <= now and budget:
+        while budget:
+            # Read anew each time: running a cell may have rebuilt them all.
+            times, cells = self._times, self._cells
+            if not times or times[0] > now:
+                break
             wakeup = times[0]
             cell = cells[wakeup]
             members = cell.members
+            # First take the due ones off the cell, then run them: running
+            # re-arms them, and a re-arm may rebuild every cell (_compact).
+            due: list[ConnectionLifecycle] = []
             taken = len(members)  # entries this pass takes off the cell
             for index, lifecycle in enumerate(members):
                 if live.get(lifecycle) == wakeup:  # else stale: it moved on or closed
                     live[lifecycle] = None
                     cell.alive -= 1
-                    lifecycle.handle_timer(now, stalled)
-                    ran.append(lifecycle)
-                    budget -= 1
-                    if not budget:  # the limit counts connections run, not entries
+                    due.append(lifecycle)
+                    if len(due) == budget:  # the limit counts connections run, not entries
                         taken = index + 1
                         break
             self._entries -= taken
@@ -193,6 +198,11 @@ class Scheduler:
             else:
                 heapq.heappop(times)
                 del cells[wakeup]
+            budget -= len(due)
+            for lifecycle in due:
+                lifecycle.handle_timer(now, stalled)
+            ran += due
+        times, cells = self._times, self._cells
         if budget and times and times[0] - self._slack <= now:
             # Ticked off the grid (tests do, and late timers): the next cell may
             # hold some deadlines at or before now; run those, within the
