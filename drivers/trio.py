@@ -16,17 +16,24 @@ Tasks, and why there are no others:
   connection, a close) the scope's ``deadline`` is moved earlier, never
   cancelled and re-created, and never touched per message.
 * ONE accept task per listener. On a plain socket listener it takes every
-  waiting connection per wake-up (up to ``ACCEPT_BATCH``) and only starts
-  each one's task: handshakes run there, side by side, never in the accept
+  waiting connection per wake-up (up to ``ACCEPT_BATCH``) and only hands
+  each one to the poller: handshakes are read there, never in the accept
   loop. Other listeners (``trio.SSLListener``, memory listeners in tests)
   are accepted from one stream at a time.
-* Per connection: ONE task, its reader (wait until readable → read →
-  ``wire.receive_data(data, now)`` → flush), and the handler once the
-  upgrade is accepted. Both live in the server-wide nursery, as does an
-  async handshake hook; no connection has a nursery of its own, and none a
-  timer or a liveness task. The built-in handlers (``relay_handler``,
-  ``echo_handler``: ``wslifecycle serve``) need no task: the reader answers
-  the messages it has just queued, as their ``async for`` would.
+* ONE poller task for every plain socket the server accepted itself
+  (``_trio_poll.Poller``): an epoll of its own in which each socket is
+  registered once; it waits until that epoll is readable, then reads every
+  ready socket inline (read → ``wire.receive_data(data, now)`` → flush), in
+  bounded batches. Such a connection has no reader task: a task waking per
+  pong cost Trio most of a core at 20,000 connections. Where epoll is
+  missing, and for TLS and any other stream (:func:`serve_stream`), each
+  connection has ONE reader task of its own instead, with the same steps.
+* Per connection: the handler's task once the upgrade is accepted, in the
+  server-wide nursery, as is an async handshake hook; no connection has a
+  nursery of its own, and none a timer or a liveness task. The built-in
+  handlers (``relay_handler``, ``echo_handler``: ``wslifecycle serve``)
+  need no task: the reader answers the messages it has just queued, as
+  their ``async for`` would.
 * No writer task while the kernel takes what is written. On a plain socket
   (the standard library socket under a ``trio.SocketStream``, see
   :func:`_stdlib_socket`) ``send`` writes straight to the non-blocking
@@ -42,15 +49,17 @@ Tasks, and why there are no others:
 (``memory_stream_pair`` in tests). ``send`` never blocks. The wire's
 ``write_buffer_size`` is what the kernel has not taken yet (the backlog; on
 the stream path, plus what is inside ``send_all``): the core terminates slow
-consumers by it. While the wire says ``reading_paused`` the reader waits.
+consumers by it. While the wire says ``reading_paused`` the reader waits (a
+polled socket leaves the poller's epoll until reading resumes).
 ``Terminate`` = RST (SO_LINGER 0 on the socket, or the one under a
-``trio.SSLStream``; the socket is closed at once, which wakes its reader, or
-the stream's reader and writer are cancelled); a graceful close waits for
-the backlog, bounded by the hub (``Hub.closing``). Cancellation always
-reaches CLOSED: a connection whose task is cancelled is terminated in the
-core (cause ``server_stopped``) and its socket closed in a ``finally``;
-once the server is drained, :func:`serve` cancels whatever handler is left
-and returns.
+``trio.SSLStream``; the socket is closed at once, which wakes its reader or
+leaves the poller's epoll first, or the stream's reader and writer are
+cancelled); a graceful close waits for the backlog, bounded by the hub
+(``Hub.closing``). Cancellation always
+reaches CLOSED: a connection whose task (or poller) is cancelled is
+terminated in the core (cause ``server_stopped``) and its socket closed in
+a ``finally``; once the server is drained, :func:`serve` cancels whatever
+handler is left and returns.
 
 Listeners: ``host:port`` or ``unix_path``, and ``host:metrics_port`` for
 ``/healthz`` and ``/metrics`` only. With ``ssl`` the WebSocket listeners are
@@ -108,6 +117,8 @@ from ._coroutine import (
 from ._listen import check_address, listen_error, listen_unix, tcp_where
 from ._tls import check_context, describe
 from ._trio_client import Client, ClientStopped, connect
+from ._trio_poll import AVAILABLE as _CAN_POLL
+from ._trio_poll import Poller
 
 __all__ = [
     "Client",
@@ -196,6 +207,8 @@ class _Transport:
         "hook_scope",
         "in_flight",
         "out",
+        "polled",
+        "poller",
         "reading",
         "scope",
         "server",
@@ -234,6 +247,11 @@ class _Transport:
         self.scope: trio.CancelScope | None = None if sock is not None else trio.CancelScope()
         self.writer_scope: trio.CancelScope | None = None
         self.hook_scope: trio.CancelScope | None = None  # an async handshake hook
+        # The server's poller reads the socket, if it was accepted by the
+        # server's own accept loop; ``polled`` is its descriptor while in the
+        # poller's epoll, else -1.
+        self.poller: Poller | None = None
+        self.polled = -1
 
     # TransportOps
     def write(self, data: bytes) -> None:
@@ -317,6 +335,12 @@ class _Transport:
         self.writing = False
         if self.writer_done is not None:
             self.writer_done.set()
+        poller = self.poller
+        if poller is not None:
+            sock = self.sock
+            assert sock is not None
+            if sock.fileno() < 0:  # closed while the backlog was sent: ends now
+                poller.writer_ended(self)
 
     def _shut(self) -> None:
         """End the connection's I/O now: close the socket (its reader wakes
@@ -325,6 +349,8 @@ class _Transport:
         sock = self.sock
         if sock is not None:
             if sock.fileno() >= 0:
+                if self.poller is not None:
+                    self.poller.closing(self)  # out of its epoll before the close
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
             if self.reading is not None:
@@ -393,7 +419,9 @@ class _Transport:
         self.conn._wake()
 
     def sync_reading(self, paused: bool) -> None:
-        if not paused and self.reading is not None:
+        if self.poller is not None:
+            self.poller.sync(self, paused)
+        elif not paused and self.reading is not None:
             self.reading.set()  # a paused reader reads the peer's close frame
 
     def closed(self) -> None:
@@ -454,6 +482,7 @@ def _tune(sock: socket.socket) -> None:
 _CONNECTION = "wslifecycle connection"
 _HANDLER = "wslifecycle handler"
 _WRITER = "wslifecycle writer"
+_POLLER = "wslifecycle poller"
 
 
 #: Connections taken from the listening socket per wake-up, at most.
@@ -501,6 +530,9 @@ class Server(ServerBase):
         #: A built-in handler runs in the reader, not in a task of its own.
         self._answer = BUILT_IN.get(handler)
         self._armed_changes = -1  # hub.changes when the ticker's deadline was last checked
+        #: The one reader of the plain sockets accepted here (made with the
+        #: first plain socket listener, where epoll exists).
+        self._poller: Poller | None = None
 
     @property
     def _nursery(self) -> trio.Nursery:
@@ -635,6 +667,9 @@ class Server(ServerBase):
                 if isinstance(listener, trio.SocketListener)
                 else None
             )
+            if listening is not None and self._poller is None and _CAN_POLL:
+                self._poller = Poller(self)
+                self._nursery.start_soon(self._poller.run, name=_POLLER)
             task_status.started()
             if listening is not None:
                 await self._accept_sockets(listening, plain_only)
@@ -643,9 +678,12 @@ class Server(ServerBase):
 
     async def _accept_sockets(self, listening: socket.socket, plain_only: bool) -> None:
         """A plain socket listener: take every waiting connection per wake-up
-        and start its one task; its handshake runs there, not here."""
+        and hand it to the poller (or, without one, start its one task); its
+        handshake is read there, not here. Accepted after the poller stopped
+        (the server is stopping too): a task of its own ends it."""
         nursery = self._nursery
         serve = self._serve_socket
+        poller = self._poller
         while True:
             await trio.lowlevel.wait_readable(listening)
             for _ in range(ACCEPT_BATCH):
@@ -661,7 +699,10 @@ class Server(ServerBase):
                     log.error("accept failed (%s); retrying in 0.1 s", error)
                     await trio.sleep(0.1)
                     break
-                nursery.start_soon(serve, sock, address, plain_only, name=_CONNECTION)
+                if poller is not None and not poller.stopped:
+                    self._poll_socket(poller, sock, address, plain_only)
+                else:
+                    nursery.start_soon(serve, sock, address, plain_only, name=_CONNECTION)
 
     async def _accept_streams(
         self, listener: trio.abc.Listener[trio.abc.Stream], plain_only: bool
@@ -681,16 +722,33 @@ class Server(ServerBase):
 
     # ------------------------------------------------------------ connections
 
-    async def _serve_socket(self, sock: socket.socket, address: object, plain_only: bool) -> None:
-        """The one task of a connection from the server's own accept loop."""
+    def _accepted(
+        self, sock: socket.socket, address: object, plain_only: bool
+    ) -> _Transport | None:
+        """A socket from the server's own accept loop, made non-blocking and
+        tuned, with its wire; None if its descriptor has gone bad already."""
         try:
             sock.setblocking(False)
             _tune(sock)
-        except OSError:  # a descriptor gone bad already: nothing to serve
+        except OSError:  # nothing to serve
             sock.close()
-            return
-        transport = self._open(sock, None, peer_address(address), plain_only)
-        await self._run_socket(transport, sock)
+            return None
+        return self._open(sock, None, peer_address(address), plain_only)
+
+    async def _serve_socket(self, sock: socket.socket, address: object, plain_only: bool) -> None:
+        """The one task of a connection from the server's own accept loop."""
+        transport = self._accepted(sock, address, plain_only)
+        if transport is not None:
+            await self._run_socket(transport, sock)
+
+    def _poll_socket(
+        self, poller: Poller, sock: socket.socket, address: object, plain_only: bool
+    ) -> None:
+        """A connection from the server's own accept loop, read by the poller:
+        no task of its own."""
+        transport = self._accepted(sock, address, plain_only)
+        if transport is not None:
+            poller.add(transport)
 
     async def _run_socket(self, transport: _Transport, sock: socket.socket) -> None:
         """Read until the connection ends (then let a backlog finish);
