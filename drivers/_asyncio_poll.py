@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 BATCH = 256
 #: Connections taken from a listening socket per callback, at most.
 ACCEPT_BATCH = 64
+#: Seconds a listening socket is left alone after accept failed (EMFILE):
+#: not a busy loop of failures while no descriptor is free.
+ACCEPT_RETRY = 0.1
 
 #: Whether this system has what the poller needs (Linux); elsewhere every
 #: connection keeps asyncio's transport.

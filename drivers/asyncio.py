@@ -42,7 +42,7 @@ from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
 
 from ._asyncio_client import Client, ClientStopped, Connecting, connect
-from ._asyncio_poll import ACCEPT_BATCH, Poller, can_poll, listen_tcp
+from ._asyncio_poll import ACCEPT_BATCH, ACCEPT_RETRY, Poller, can_poll, listen_tcp
 from ._common import (
     HubOptions,
     ServerBase,
@@ -311,6 +311,7 @@ class _Polled(_Ops):
             # The backlog may not hang on a peer that stopped reading: the hub
             # hands the connection back after close_timeout if still open.
             self.closing = True
+            self.poller.watch(self, False)  # as a closing transport: no more reading
             self.server.hub.closing(self.wire, self.server.now())
         else:
             self.shut(None)
@@ -498,8 +499,12 @@ class Server(ServerBase):
                 sock, address = listening.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # out of descriptors, or an aborted connection
-                log.error("accept failed (%s)", error)
+            except ConnectionAbortedError:  # gone before it was taken: the next one
+                continue
+            except OSError as error:  # out of descriptors, or memory: wait, then again
+                log.error("accept failed (%s); retrying in %.1f s", error, ACCEPT_RETRY)
+                self._loop.remove_reader(listening.fileno())
+                self._loop.call_later(ACCEPT_RETRY, self._resume_accepting, listening)
                 return
             try:
                 sock.setblocking(False)
@@ -513,6 +518,10 @@ class Server(ServerBase):
             polled.conn = Connection(self, polled.wire)
             self._accepted(polled)
             poller.watch(polled, True)
+
+    def _resume_accepting(self, listening: socket.socket) -> None:
+        if any(sock is listening for sock in self._listening):  # still listening
+            self._loop.add_reader(listening.fileno(), self._accept, listening)
 
     @property
     def connections(self) -> list[Connection]:
