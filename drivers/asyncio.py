@@ -1,7 +1,15 @@
-"""The asyncio driver: protocol callbacks around the sans-IO hub.
+"""The asyncio driver: socket callbacks around the sans-IO hub.
 
-Per socket: ``buffer_updated`` → ``wire.receive_data(data, now)`` → write
-``data_to_send()`` → act on the actions. For all sockets: ONE ``loop.call_at``
+Per socket: read → ``wire.receive_data(data, now)`` → write
+``data_to_send()`` → act on the actions. Who reads: on asyncio's standard
+loop (Linux epoll), every plain socket the server accepted itself (TCP or
+unix) is read by ONE poller for the whole server (``_asyncio_poll.Poller``:
+an epoll of its own, watched by the loop through one ``add_reader``; no
+transport, no protocol, no handle per read); writes go straight to the
+socket and what the kernel refuses is sent from ``add_writer``. TLS, the
+metrics listener, uvloop (whose C transports are fast already) and systems
+without epoll keep asyncio's transports and ``_Protocol.buffer_updated``.
+The log says which, beside the event loop. For all sockets: ONE ``loop.call_at``
 timer for the hub's next wake-up, re-armed only when that moves earlier (a
 new connection, a close) — never per message, never per connection.
 Handlers are tasks, one per accepted connection:
@@ -532,8 +540,8 @@ class Server(ServerBase):
     def socket_reader(self) -> str:
         """Who reads a plain socket here, for the log."""
         if self._poller is not None:
-            return "one epoll poller for every plain socket"
-        return "asyncio transports"
+            return "plain sockets read by one epoll poller"
+        return "sockets read by asyncio transports"
 
     async def _close_listeners(self) -> None:
         for sock in self._listening:

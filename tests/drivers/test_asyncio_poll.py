@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 
+import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
@@ -125,7 +126,7 @@ def test_a_plain_socket_is_read_by_the_poller_not_a_transport() -> None:
     poller's epoll, and the messages answered from there."""
 
     async def test(server: driver.Server) -> None:
-        assert server.socket_reader == "one epoll poller for every plain socket"
+        assert server.socket_reader == "plain sockets read by one epoll poller"
         client = await Client.open(server.port)
         (conn,) = server.connections
         protocol = polled(server, conn)
@@ -305,3 +306,23 @@ def test_closing_the_server_ends_every_polled_connection_and_the_poller() -> Non
         assert open_fds() == fds
 
     asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+
+
+def test_without_the_poller_a_plain_socket_keeps_its_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the poller is off (uvloop, no epoll): asyncio's server and a
+    transport per connection, with the same answers."""
+    monkeypatch.setattr(driver, "can_poll", lambda loop: False)
+
+    async def test(server: driver.Server) -> None:
+        assert server._poller is None
+        assert server.socket_reader == "sockets read by asyncio transports"
+        client = await Client.open(server.port)
+        (conn,) = server.connections
+        assert server._protocols[conn.wire].transport is not None
+        client.send("hello")
+        assert await client.texts() == ["hello"]
+        await client.close()
+
+    run(test, echo)
