@@ -338,15 +338,13 @@ class _Polled(_Ops):
     def eof(self) -> None:
         """The peer sent FIN: the wire hears it; no more reading; the socket
         closes once the backlog is sent (as asyncio's transport does)."""
+        self.closing = True  # before the flush: its sync_reading must not watch it again
         self.poller.watch(self, False)
         server = self.server
         self.wire.receive_eof(server.now())
         server.flush(self.wire)
-        if self.sock.fileno() >= 0:
-            if self.out:
-                self.closing = True
-            else:
-                self.shut(None)
+        if not self.out:
+            self.shut(None)
 
     def fail(self, error: OSError) -> None:
         """A read or write failed (reset, broken pipe): the connection is lost."""

@@ -326,3 +326,30 @@ def test_without_the_poller_a_plain_socket_keeps_its_transport(
         await client.close()
 
     run(test, echo)
+
+
+def test_a_peer_that_half_closes_during_a_backlog_is_read_no_more() -> None:
+    """The peer's FIN arrives while the server still holds a backlog for
+    it: the socket leaves the epoll at once (level-triggered EOF is not
+    read again and again), and the connection still ends, leaving nothing
+    registered."""
+
+    async def test(server: driver.Server) -> None:
+        client = await Client.open(server.port)
+        client.send("go")
+        (conn,) = server.connections
+        await until(lambda: conn.wire.write_buffer_size > 0)
+        protocol = polled(server, conn)
+        client.writer.write_eof()
+        await until(lambda: protocol.closing)
+        assert protocol.polled == -1
+        assert registered_fds(server) == set()
+        with contextlib.suppress(ConnectionError):
+            while await client.reader.read(65536):
+                pass
+        await until(lambda: not server.connections)
+        assert conn.state is State.CLOSED
+        assert registered_fds(server) == set()
+        await client.close()
+
+    run(test, flood)
