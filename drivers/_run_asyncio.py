@@ -66,7 +66,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
         loop.add_signal_handler(signum, server.begin_drain)
     address = None if args.unix else server.sockets[0].getsockname()[:2]
     announce(args, "asyncio", address, server.metrics_port)
-    log.info("event loop: %s", describe_loop(loop, args.loop))
+    log.info("event loop: %s; %s", describe_loop(loop, args.loop), server.socket_reader)
     announce_pages(args, address)
     await server.serve_forever()
     print("wslifecycle: drained, exiting", file=sys.stderr, flush=True)

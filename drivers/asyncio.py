@@ -1,7 +1,15 @@
-"""The asyncio driver: protocol callbacks around the sans-IO hub.
+"""The asyncio driver: socket callbacks around the sans-IO hub.
 
-Per socket: ``buffer_updated`` → ``wire.receive_data(data, now)`` → write
-``data_to_send()`` → act on the actions. For all sockets: ONE ``loop.call_at``
+Per socket: read → ``wire.receive_data(data, now)`` → write
+``data_to_send()`` → act on the actions. Who reads: on asyncio's standard
+loop (Linux epoll), every plain socket the server accepted itself (TCP or
+unix) is read by ONE poller for the whole server (``_asyncio_poll.Poller``:
+an epoll of its own, watched by the loop through one ``add_reader``; no
+transport, no protocol, no handle per read); writes go straight to the
+socket and what the kernel refuses is sent from ``add_writer``. TLS, the
+metrics listener, uvloop (whose C transports are fast already) and systems
+without epoll keep asyncio's transports and ``_Protocol.buffer_updated``.
+The log says which, beside the event loop. For all sockets: ONE ``loop.call_at``
 timer for the hub's next wake-up, re-armed only when that moves earlier (a
 new connection, a close) — never per message, never per connection.
 Handlers are tasks, one per accepted connection:
@@ -28,6 +36,7 @@ wire, not asyncio's own, so the handshake timeout covers the TLS handshake);
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import ssl as _ssl
@@ -41,6 +50,7 @@ from wslifecycle.hub import Hub
 from wslifecycle.wire import ServerConnection
 
 from ._asyncio_client import Client, ClientStopped, Connecting, connect
+from ._asyncio_poll import ACCEPT_BATCH, ACCEPT_RETRY, Poller, can_poll, listen_tcp
 from ._common import (
     HubOptions,
     ServerBase,
@@ -78,6 +88,8 @@ __all__ = [
     "relay_handler",
     "serve",
 ]
+
+log = logging.getLogger("wslifecycle")
 
 Handler = Callable[["Connection"], Awaitable[None]]
 
@@ -121,21 +133,57 @@ class Connection(AsyncConnection):
 _RECEIVE = memoryview(bytearray(65536))
 
 
-class _Protocol(asyncio.BufferedProtocol):
-    """The socket side of one connection, and the transport operations that
-    carry out its wire's output. All logic is in the wire."""
+class _Ops:
+    """The transport operations both kinds of connection share: the
+    handshake hook, the handler, waking whoever waits."""
 
-    __slots__ = (
-        "conn",
-        "hook_task",
-        "paused",
-        "plain_only",
-        "server",
-        "tls",
-        "tls_context",
-        "transport",
-        "wire",
-    )
+    __slots__ = ("conn", "hook_task", "server", "wire")
+
+    server: Server
+    wire: ServerConnection
+    conn: Connection
+    hook_task: asyncio.Task[None] | None
+
+    def handshake(self, request: HandshakeRequest) -> None:
+        server = self.server
+        hook = server._process_request
+        assert hook is not None  # only a server with a hook defers handshakes
+        answer, pending = call_hook(hook, request)
+        if pending is None:
+            answer_handshake(server, self.wire, answer)
+        else:
+            self.hook_task = server._spawn(self._await_hook(pending))
+
+    async def _await_hook(self, pending: Awaitable[Accept | Reject | None]) -> None:
+        answer = await await_hook(pending)
+        self.hook_task = None
+        answer_handshake(self.server, self.wire, answer)
+
+    def accepted(self) -> None:
+        if self.server._answer is None:  # a built-in handler runs where the socket is read
+            self.server._start_handler(self.conn)
+
+    def messages_waiting(self) -> None:
+        self.conn._wake()
+
+    def closed(self) -> None:
+        if self.hook_task is not None:  # the handshake timed out under the hook
+            self.hook_task.cancel()
+            self.hook_task = None
+        conn = self.conn
+        conn._closed = True
+        waiter = conn._closed_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        conn._wake()
+
+
+class _Protocol(_Ops, asyncio.BufferedProtocol):
+    """The socket side of one connection through an asyncio transport (TLS,
+    the metrics listener, uvloop, no epoll), and the transport operations
+    that carry out its wire's output. All logic is in the wire."""
+
+    __slots__ = ("paused", "plain_only", "tls", "tls_context", "transport")
 
     def __init__(
         self, server: Server, tls_context: _ssl.SSLContext | None, plain_only: bool
@@ -214,28 +262,6 @@ class _Protocol(asyncio.BufferedProtocol):
             reset_socket(transport.get_extra_info("socket"))
             transport.abort()
 
-    def handshake(self, request: HandshakeRequest) -> None:
-        server = self.server
-        hook = server._process_request
-        assert hook is not None  # only a server with a hook defers handshakes
-        answer, pending = call_hook(hook, request)
-        if pending is None:
-            answer_handshake(server, self.wire, answer)
-        else:
-            self.hook_task = server._spawn(self._await_hook(pending))
-
-    async def _await_hook(self, pending: Awaitable[Accept | Reject | None]) -> None:
-        answer = await await_hook(pending)
-        self.hook_task = None
-        answer_handshake(self.server, self.wire, answer)
-
-    def accepted(self) -> None:
-        if self.server._answer is None:  # a built-in handler runs in buffer_updated
-            self.server._start_handler(self.conn)
-
-    def messages_waiting(self) -> None:
-        self.conn._wake()
-
     def sync_reading(self, paused: bool) -> None:
         transport = self.transport
         if paused is not self.paused and transport is not None and not transport.is_closing():
@@ -245,16 +271,101 @@ class _Protocol(asyncio.BufferedProtocol):
             else:
                 transport.resume_reading()
 
-    def closed(self) -> None:
-        if self.hook_task is not None:  # the handshake timed out under the hook
-            self.hook_task.cancel()
-            self.hook_task = None
-        conn = self.conn
-        conn._closed = True
-        waiter = conn._closed_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        conn._wake()
+
+class _Polled(_Ops):
+    """A plain socket the server accepted itself, read by the server's
+    :class:`Poller` (no transport): writes go straight to the socket, what
+    the kernel refuses waits in ``out`` (the wire's ``write_buffer_size``)."""
+
+    __slots__ = ("closing", "out", "polled", "poller", "sock", "writing")
+
+    #: What ``Server.flush`` and ``_write_ping`` look for on a transport connection.
+    tls: None = None
+    transport: None = None
+
+    def __init__(self, server: Server, poller: Poller, sock: socket.socket) -> None:
+        self.server = server
+        self.poller = poller
+        self.sock = sock
+        self.hook_task = None
+        self.out = bytearray()  # written by the wire, not yet taken by the kernel
+        self.writing = False  # the loop watches the socket for room to send ``out``
+        self.closing = False  # CloseTransport with a backlog: close once ``out`` is sent
+        self.polled = -1  # the descriptor while in the poller's epoll
+
+    # TransportOps
+    def write(self, data: bytes) -> None:
+        sock = self.sock
+        if self.out:  # a backlog: after it
+            self.out += data
+            self.wire.write_buffer_size = len(self.out)
+            return
+        if sock.fileno() < 0:
+            return  # closed: what the wire still says goes nowhere
+        try:
+            sent = sock.send(data)  # non-blocking: takes what the kernel has room for
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:  # reset, broken pipe: lost, as a transport reports it
+            self.fail(error)
+            return
+        if sent < len(data):
+            self.out += memoryview(data)[sent:]
+            self.wire.write_buffer_size = len(self.out)
+            self.poller.send_later(self)
+
+    def close(self) -> None:
+        if self.out:
+            # The backlog may not hang on a peer that stopped reading: the hub
+            # hands the connection back after close_timeout if still open.
+            self.closing = True
+            self.poller.watch(self, False)  # as a closing transport: no more reading
+            self.server.hub.closing(self.wire, self.server.now())
+        else:
+            self.shut(None)
+
+    def abort(self) -> None:
+        self.out.clear()
+        if self.sock.fileno() >= 0:
+            reset_socket(self.sock)  # an RST
+        self.shut(None)
+
+    def sync_reading(self, paused: bool) -> None:
+        if self.sock.fileno() >= 0 and not self.closing:
+            self.poller.watch(self, not paused)
+
+    # The socket's side
+    def eof(self) -> None:
+        """The peer sent FIN: the wire hears it; no more reading; the socket
+        closes once the backlog is sent (as asyncio's transport does)."""
+        self.closing = True  # before the flush: its sync_reading must not watch it again
+        self.poller.watch(self, False)
+        server = self.server
+        self.wire.receive_eof(server.now())
+        server.flush(self.wire)
+        if not self.out:
+            self.shut(None)
+
+    def fail(self, error: OSError) -> None:
+        """A read or write failed (reset, broken pipe): the connection is lost."""
+        self.out.clear()
+        self.shut(error)
+
+    def shut(self, error: OSError | None) -> None:
+        """Close the socket (out of the poller first), once; the wire hears
+        of it from the loop's next turn, as from a transport's
+        ``connection_lost``, never inside the flush that closed it."""
+        sock = self.sock
+        if sock.fileno() >= 0:
+            self.poller.forget(self)
+            sock.close()
+            self.server._loop.call_soon(self._lost, error)
+
+    def _lost(self, error: OSError | None) -> None:
+        server = self.server
+        self.wire.transport_lost(server.now(), None if error is None else repr(error))
+        server.flush(self.wire)
+        server._forget(self)
 
 
 class Server(ServerBase):
@@ -276,8 +387,12 @@ class Server(ServerBase):
         self._process_request = process_request
         self.hub = hub
         self._tls_context = check_context(ssl)
-        self._protocols: dict[ServerConnection, _Protocol] = {}
+        self._protocols: dict[ServerConnection, _Protocol | _Polled] = {}
         self._server: asyncio.Server | None = None
+        #: The one reader of the plain sockets, and the listening sockets it
+        #: is fed from (asyncio's server is not used then).
+        self._poller: Poller | None = None
+        self._listening: list[socket.socket] = []
         self._metrics_server: asyncio.Server | None = None
         self._unix_path: str | None = None
         self._remove_unix_path: Callable[[], None] = _nothing
@@ -306,7 +421,9 @@ class Server(ServerBase):
         path = check_address(host, port, unix_path, metrics_port)
         tls = self._tls_context
         try:
-            if path is not None:
+            if tls is None and can_poll(self._loop):
+                self._listen_polled(host, port, path, backlog)
+            elif path is not None:
                 sock, self._remove_unix_path = listen_unix(path, backlog)
                 self._unix_path = path
                 self._server = await self._loop.create_unix_server(
@@ -323,6 +440,9 @@ class Server(ServerBase):
                 )
         except BaseException:
             await self._close_listeners()
+            if self._poller is not None:
+                self._poller.close()
+                self._poller = None
             raise
         loop = self._loop
 
@@ -353,7 +473,79 @@ class Server(ServerBase):
         except OSError as error:
             raise listen_error(error, tcp_where(host, port, name)) from error
 
+    def _listen_polled(
+        self, host: str | None, port: int | None, path: str | None, backlog: int
+    ) -> None:
+        """Listen with sockets of our own; what they accept goes to the poller."""
+        if path is not None:
+            sock, self._remove_unix_path = listen_unix(path, backlog)
+            self._unix_path = path
+            sock.setblocking(False)
+            self._listening = [sock]
+        else:
+            assert host is not None  # checked
+            assert port is not None
+            try:
+                self._listening = listen_tcp(host, port, backlog)
+            except OSError as error:
+                raise listen_error(error, tcp_where(host, port)) from error
+        self._poller = Poller(self, self._loop)
+        for sock in self._listening:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, listening: socket.socket) -> None:
+        """Take the waiting connections (a bounded batch) and hand each to
+        the poller: its handshake is read there."""
+        poller = self._poller
+        if poller is None:
+            return
+        tcp = listening.family != socket.AF_UNIX
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:  # gone before it was taken: the next one
+                continue
+            except OSError as error:  # out of descriptors, or memory: wait, then again
+                log.error("accept failed (%s); retrying in %.1f s", error, ACCEPT_RETRY)
+                self._loop.remove_reader(listening.fileno())
+                self._loop.call_later(ACCEPT_RETRY, self._resume_accepting, listening)
+                return
+            try:
+                sock.setblocking(False)
+                if tcp:  # as asyncio's transports do: a ping is one small segment
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # gone bad already: nothing to serve
+                sock.close()
+                continue
+            polled = _Polled(self, poller, sock)
+            polled.wire = self.hub.open(self.now(), peer_address(address), plain_only=False)
+            polled.conn = Connection(self, polled.wire)
+            self._accepted(polled)
+            poller.watch(polled, True)
+
+    def _resume_accepting(self, listening: socket.socket) -> None:
+        if any(sock is listening for sock in self._listening):  # still listening
+            self._loop.add_reader(listening.fileno(), self._accept, listening)
+
+    @property
+    def connections(self) -> list[Connection]:
+        """Connections whose socket is not yet closed."""
+        return [protocol.conn for protocol in self._protocols.values()]
+
+    @property
+    def socket_reader(self) -> str:
+        """Who reads a plain socket here, for the log."""
+        if self._poller is not None:
+            return "plain sockets read by one epoll poller"
+        return "sockets read by asyncio transports"
+
     async def _close_listeners(self) -> None:
+        for sock in self._listening:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listening = []
         for server in (self._server, self._metrics_server):
             if server is not None:
                 server.close()
@@ -365,6 +557,8 @@ class Server(ServerBase):
     @property
     def sockets(self) -> list[socket.socket]:
         """The WebSocket listener's sockets."""
+        if self._listening:
+            return list(self._listening)
         return list(self._server.sockets) if self._server is not None else []
 
     @property
@@ -418,6 +612,12 @@ class Server(ServerBase):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._stop_hub()
+        poller = self._poller
+        if poller is not None:
+            for protocol in list(self._protocols.values()):
+                if isinstance(protocol, _Polled):  # closing with a backlog still
+                    protocol.abort()
+            poller.close()
         self._stop_fleet()
         if self._timer is not None:
             self._timer.cancel()
@@ -453,17 +653,19 @@ class Server(ServerBase):
         protocol = self._protocols.get(wire)
         if protocol is not None:
             transport = protocol.transport
-            if transport is not None:
+            if transport is None:
+                protocol.write(frame)  # polled: straight to the socket (or closed: nothing)
+            else:
                 if protocol.tls is not None:
                     frame = protocol.tls.encrypt(frame)
                 transport.write(frame)
                 wire.write_buffer_size = transport.get_write_buffer_size()
 
-    def _accepted(self, protocol: _Protocol) -> None:
+    def _accepted(self, protocol: _Protocol | _Polled) -> None:
         self._protocols[protocol.wire] = protocol
         self._arm()
 
-    def _forget(self, protocol: _Protocol) -> None:
+    def _forget(self, protocol: _Protocol | _Polled) -> None:
         self._protocols.pop(protocol.wire, None)
         self._check_drained()
 

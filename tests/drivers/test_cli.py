@@ -458,7 +458,8 @@ UVLOOP = importlib.util.find_spec("uvloop") is not None
 @pytest.mark.parametrize("loop", ["auto", "asyncio", "uvloop"])
 def test_the_asyncio_driver_logs_its_event_loop(loop: str) -> None:
     """--loop auto takes uvloop when it is installed; the log says which
-    loop runs; --loop uvloop without uvloop exits 2 saying how to get it."""
+    loop runs and who reads a plain socket; --loop uvloop without uvloop
+    exits 2 saying how to get it."""
     if loop == "uvloop" and not UVLOOP:
         done = subprocess.run(
             [sys.executable, "-m", "wslifecycle.drivers", "serve", "--port", "0",
@@ -477,3 +478,6 @@ def test_the_asyncio_driver_logs_its_event_loop(loop: str) -> None:
     uses_uvloop = loop == "uvloop" or (loop == "auto" and UVLOOP)
     expected = "event loop: uvloop" if uses_uvloop else "event loop: asyncio's standard loop"
     assert expected in stderr
+    # Who reads a plain socket: the poller on the standard loop, transports on uvloop.
+    reader = "sockets read by asyncio transports" if uses_uvloop else "plain sockets read by one"
+    assert reader in stderr

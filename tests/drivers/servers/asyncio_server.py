@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tests.drivers.harness import ServerThread
-from wslifecycle.drivers.asyncio import Handler
+from wslifecycle.drivers.asyncio import Handler, _Polled
 
 T = TypeVar("T")
 
@@ -43,8 +43,14 @@ class AsyncioServerThread(ServerThread):
 
     def _id_for_port(self, port: int) -> str | None:
         for wire, protocol in self.server._protocols.items():
-            transport = protocol.transport
-            if transport is not None and transport.get_extra_info("peername")[1] == port:
+            if isinstance(protocol, _Polled):  # read by the poller: the socket itself
+                sock = protocol.sock
+                peer = sock.getpeername() if sock.fileno() >= 0 else None
+            elif protocol.transport is not None:
+                peer = protocol.transport.get_extra_info("peername")
+            else:
+                peer = None
+            if peer is not None and peer[1] == port:
                 return wire.id
         return None
 
