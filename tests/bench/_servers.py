@@ -48,9 +48,15 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def _wsl(driver: str, uvloop: bool = False) -> Callable[[Heartbeat], tuple[list[str], str]]:
+def _wsl(
+    driver: str, uvloop: bool = False, compiled: bool = False
+) -> Callable[[Heartbeat], tuple[list[str], str]]:
     def build(hb: Heartbeat) -> tuple[list[str], str]:
         argv = [sys.executable, "-m", "tests.bench.peers.wsl_serve"]
+        if compiled:  # the same command, importing wslifecycle from the compiled build
+            from tests.bench.compiled import build as build_compiled
+
+            argv = ["env", f"PYTHONPATH={build_compiled()}", *argv]
         argv += ["serve", "--driver", driver, "--port", "0", "--allow-no-origin"]
         argv += ["--heartbeat-interval", _fmt(hb.interval)]
         argv += ["--max-missed-pongs", str(hb.max_missed), "--log-level", "warning"]
@@ -116,6 +122,15 @@ SERVERS: tuple[ServerKind, ...] = (
     ServerKind("wsl-selector", "wslifecycle (selector)", _wsl("selector"), "wslifecycle"),
     ServerKind("wsl-trio", "wslifecycle (trio)", _wsl("trio"), "trio"),
     ServerKind("wsl-uvloop", "wslifecycle (asyncio + uvloop)", _wsl("asyncio", True), "uvloop"),
+    # The asyncio driver on the standard loop, its hot path compiled (setup.py):
+    # the heartbeat's scenarios only.
+    ServerKind(
+        "wsl-compiled",
+        "wslifecycle (asyncio, compiled core)",
+        _wsl("asyncio", compiled=True),
+        "mypyc",
+        only=("cpu", "overload"),
+    ),
     ServerKind("websockets", "websockets (asyncio)", _websockets, "websockets"),
     ServerKind("aiohttp", "aiohttp", _aiohttp, "aiohttp"),
     ServerKind("node-ws", "Node.js ws", _node_ws, "node"),

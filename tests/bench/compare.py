@@ -228,6 +228,9 @@ LAG_TARGET = 0.050
 FLOOR = "asyncio-floor"
 OWN_WORK_TARGET = 6e-6  # seconds
 OWN_WORK_AT = 10_000  # connections
+#: The rows that get an "own work" figure: the asyncio driver, pure Python and
+#: with its hot path compiled (setup.py), both on the standard loop.
+OWN_WORK_SERVERS = ("wsl-asyncio", "wsl-compiled")
 
 
 # ------------------------------------------------------------------ helpers
@@ -413,7 +416,7 @@ def scenario_cpu(ctx: Context, kind: ServerKind, counts: Sequence[int]) -> list[
         rows.append(
             Row(f"cpu-{n}", title, kind.key, result, server_cpu, generator_cpu, per_pong, check)
         )
-        if overload and not kind.only:  # a measuring stick never terminates anyone
+        if overload and kind.key != FLOOR:  # a measuring stick never terminates anyone
             rows.append(
                 Row(
                     "overload",
@@ -740,7 +743,7 @@ def own_work(row: Row, group: dict[str, Row]) -> tuple[float, float] | None:
     """(the asyncio driver's CPU per ping/pong minus the asyncio floor's, the
     floor's) at this row's connection count, if the floor ran in this run."""
     floor = group.get(FLOOR)
-    if row.server != "wsl-asyncio" or not row.key.startswith("cpu-") or floor is None:
+    if row.server not in OWN_WORK_SERVERS or not row.key.startswith("cpu-") or floor is None:
         return None
     if row.value is None or floor.value is None or floor.value != floor.value:  # NaN
         return None
@@ -748,9 +751,10 @@ def own_work(row: Row, group: dict[str, Row]) -> tuple[float, float] | None:
 
 
 def _target_cell(row: Row, group: dict[str, Row]) -> str:
-    if row.server != "wsl-asyncio":
+    if row.server not in OWN_WORK_SERVERS:
         return ""
-    targets = RATIO_TARGETS.get(row.key, ())
+    # The compiled build is the asyncio driver too: the heartbeat's targets only.
+    targets = RATIO_TARGETS.get(row.key, ()) if row.server == "wsl-asyncio" else ()
     if row.key.startswith("cpu-"):
         targets = (CPU_TARGET,)
     verdicts = [_verdict(row, target, group) for target in targets]

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests._build import wrong_type_on_compiled
 from tests._hypothesis import examples
 from wslifecycle import (
     AlertKind,
@@ -290,6 +291,9 @@ def test_reject_upgrade_needs_an_error_status(scheduler: Scheduler, status: obje
     raises ValueError and changes nothing: a bool, a float or a string in the
     range is refused like any other."""
     lc = scheduler.open(0.0)
+    if wrong_type_on_compiled(status, lambda: lc.reject_upgrade(0.2, status, "nope")):  # type: ignore[arg-type]
+        assert lc.state is OPEN
+        return
     expected = f"needs an HTTP status 300-599, got {re.escape(repr(status))}$"
     with pytest.raises(ValueError, match=expected):
         lc.reject_upgrade(0.2, status, "nope")  # type: ignore[arg-type]
@@ -648,6 +652,9 @@ def test_note_activity_while_closing_is_ignored(
 @pytest.mark.parametrize("seq", [-1, True, False, 1.0, "3", None])
 def test_report_client_seq_validates(active: ConnectionLifecycle, seq: object) -> None:
     """A client sequence number must be an int ≥ 0 (not a bool): ValueError otherwise."""
+    if wrong_type_on_compiled(seq, lambda: active.report_client_seq(1.0, seq)):  # type: ignore[arg-type]
+        assert active.client_seq is None
+        return
     with pytest.raises(ValueError, match="a client sequence number is an int ≥ 0"):
         active.report_client_seq(1.0, seq)  # type: ignore[arg-type]
     assert active.client_seq is None
