@@ -5,24 +5,27 @@ extension modules, and only when asked:
 
     WSLIFECYCLE_COMPILE=1 pip install --no-build-isolation .
 
-(mypy, which brings mypyc, and a C compiler must be installed; the dev extras
-have mypy). Without the variable, the install is pure Python, as every test,
-the coverage gate and the mutation runs need: coverage cannot see into a
-compiled module, and mutmut patches source files. A compiled build checks the
-same tests (tests/core, tests/wire), run by CI against a wheel built this way
-(tests/bench/compiled.py).
+mypy (which brings mypyc; the dev extras have it) and a C compiler must be
+installed. Not with ``-e``: an editable install would put the compiled
+modules beside core/'s sources, where they would shadow them. Without the
+variable the install is pure Python, as the tests' coverage gate and the
+mutation runs need (coverage cannot see into a compiled module; mutmut
+patches source files). The compiled build answers to the same tests:
+CI runs tests/core and tests/wire against a wheel built this way
+(tests/bench/compiled.py), on a bool-for-int difference see tests/_build.py.
 
 The modules are the heartbeat's per-ping and per-pong path: the timer's
 scheduler and decision, the hub's tick, the lone-pong check. mypyc compiles
-each module from its own source, unchanged; there is no second copy of any
-rule. The wire's connection classes stay interpreted: the hub keeps weak
-references to them, which mypyc's native classes do not support.
+each module from its own source, unchanged: no rule has a second copy. The
+wire's connection classes stay interpreted: the hub keeps weak references
+to them, which mypyc's native classes do not support.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import setup  # type: ignore[import-untyped]  # no stubs installed
@@ -42,6 +45,8 @@ COMPILED = (
 def _extensions() -> list[object]:
     if os.environ.get("WSLIFECYCLE_COMPILE") != "1":
         return []
+    if "editable_wheel" in sys.argv:
+        raise SystemExit("WSLIFECYCLE_COMPILE=1 is for `pip install .`, not an editable install")
     from mypyc.build import mypycify
 
     # mypyc names a module after its path: stage core/ as wslifecycle/ so the
