@@ -222,6 +222,9 @@ RATIO_TARGETS: dict[str, tuple[Target, ...]] = {
     "autobahn-0": (Target("≤", 0.8),),  # category 9's total time
 }
 CPU_TARGET = Target("≤", 0.3)
+# The counts the CPU target holds at; 1,000 is measured and shown, not judged
+# (at one ping a millisecond the loop's fixed cost per wake-up dominates).
+CPU_TARGET_AT = frozenset({"cpu-5000", "cpu-10000", "cpu-19900"})
 LAG_TARGET = 0.050
 # The asyncio driver's own work per ping/pong: its CPU minus the asyncio
 # floor's (tests/bench/peers/asyncio_floor.py) at the same connection count.
@@ -755,7 +758,7 @@ def _target_cell(row: Row, group: dict[str, Row]) -> str:
         return ""
     # The compiled build is the asyncio driver too: the heartbeat's targets only.
     targets = RATIO_TARGETS.get(row.key, ()) if row.server == "wsl-asyncio" else ()
-    if row.key.startswith("cpu-"):
+    if row.key in CPU_TARGET_AT:
         targets = (CPU_TARGET,)
     verdicts = [_verdict(row, target, group) for target in targets]
     mine = own_work(row, group)
